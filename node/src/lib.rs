@@ -1,0 +1,13 @@
+//! pbft-ci's replica, and what the gateway shares with it.
+//!
+//! - [`wire`]: message types, CBOR encoding, signed envelopes, digests,
+//!   certificates, size bounds. Formats only.
+//! - [`membership`]: the membership file: who counts, the network id.
+//! - [`pbft`]: the consensus core, a deterministic sans-IO state machine.
+//!
+//! The libp2p driver (`net`), the job runner (`ci`) and the durable store
+//! (`store`) are callers of the core and arrive in their own modules.
+
+pub mod membership;
+pub mod pbft;
+pub mod wire;

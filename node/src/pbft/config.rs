@@ -1,0 +1,72 @@
+//! The replica's parameters. Every bound the core keeps is named here.
+
+use libp2p_identity::PeerId;
+
+use super::io::Millis;
+use crate::wire::{limits, NetworkId};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub network: NetworkId,
+    /// The replicas in their fixed order.
+    pub replicas: Vec<PeerId>,
+    /// Requests per pre-prepare.
+    pub batch_max: usize,
+    /// How long the primary waits to fill a batch while others are in flight.
+    pub batch_delay_ms: Millis,
+    /// Checkpoint every K sequence numbers.
+    pub checkpoint_interval: u64,
+    /// Watermark window L: sequence numbers in `h+1..=h+L` are accepted,
+    /// h being the last stable checkpoint. A multiple of K.
+    pub window: u64,
+    /// Requests held (pending or in the log) before new ones are refused busy.
+    pub pending_max: usize,
+    /// How often a replica tells the others how far it got.
+    pub status_interval_ms: Millis,
+    /// How long before asking another replica for a missing request.
+    pub fetch_retry_ms: Millis,
+    /// Slots one answer to a lagging replica's status carries.
+    pub help_slots_max: u64,
+    /// **Test-only**: (prepares, commits) that make a slot prepared and
+    /// committed, in place of 2f and 2f + 1. Exists so the simulator can prove
+    /// its checkers catch a weakened quorum; `None` everywhere else.
+    pub unsafe_quorum_override: Option<(usize, usize)>,
+}
+
+impl Config {
+    pub fn new(network: NetworkId, replicas: Vec<PeerId>) -> Config {
+        Config {
+            network,
+            replicas,
+            batch_max: 128,
+            batch_delay_ms: 2,
+            checkpoint_interval: 64,
+            window: 256,
+            pending_max: 65_536,
+            status_interval_ms: 500,
+            fetch_retry_ms: 200,
+            help_slots_max: 16,
+            unsafe_quorum_override: None,
+        }
+    }
+
+    pub(crate) fn check(&self) {
+        assert!(
+            self.replicas.len() >= 4 && (self.replicas.len() - 1) % 3 == 0,
+            "n = 3f + 1, f ≥ 1"
+        );
+        assert!(
+            self.batch_max >= 1 && self.batch_max <= limits::BATCH_REQUESTS_MAX,
+            "batch_max in 1..=BATCH_REQUESTS_MAX"
+        );
+        assert!(self.checkpoint_interval >= 1, "K ≥ 1");
+        assert!(
+            self.window >= self.checkpoint_interval && self.window % self.checkpoint_interval == 0,
+            "L is a positive multiple of K"
+        );
+        assert!(
+            self.window as usize <= limits::PREPARED_MAX,
+            "L ≤ PREPARED_MAX: a view change carries the window"
+        );
+    }
+}

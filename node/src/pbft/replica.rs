@@ -1,0 +1,961 @@
+//! The replica: the normal case of PBFT (pre-prepare, prepare, commit,
+//! execute in order), batching at the primary, fetching missing requests,
+//! watermarks, checkpoints and garbage collection, catching up a lagging
+//! replica by retransmission or state transfer, and restart from what was
+//! persisted.
+//!
+//! Deterministic: the same inputs at the same times give the same outputs.
+//! It never reads a clock, touches a socket or a disk, or draws a random
+//! number; signing is deterministic (ed25519).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use libp2p_identity::PeerId;
+
+use super::config::Config;
+use super::io::*;
+use super::quorum::Quorum;
+use super::state::ReplicatedState;
+use crate::wire::{
+    Checkpoint, Commit, Digest, JobId, OpenError, PrePrepare, Prepare, Rejection, Reply, ReplyBody,
+    Request, Signed, Signer, Verifier, WireMessage,
+};
+
+/// One sequence number's messages in the current view.
+#[derive(Debug, Default)]
+struct Slot {
+    view: u64,
+    pre_prepare: Option<Signed<PrePrepare>>,
+    batch: Digest,
+    /// At most one prepare and one commit per replica: the first one counts.
+    prepares: BTreeMap<usize, Signed<Prepare>>,
+    commits: BTreeMap<usize, Signed<Commit>>,
+    sent_prepare: bool,
+    sent_commit: bool,
+    committed: bool,
+}
+
+/// Why restoring from persisted records failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("persisted message does not open: {0}")]
+    Message(#[from] OpenError),
+    #[error("persisted stable checkpoint is invalid: {0}")]
+    Stable(String),
+}
+
+pub struct Replica {
+    cfg: Config,
+    q: Quorum,
+    me: usize,
+    signer: Arc<dyn Signer>,
+    verifier: Arc<dyn Verifier>,
+    index: HashMap<PeerId, usize>,
+    now: Millis,
+    view: u64,
+
+    /// Request bodies by digest: pending, in the log, or executed since the
+    /// last stable checkpoint (peers may still fetch them).
+    requests: HashMap<Digest, Signed<Request>>,
+    /// Requests not yet in any pre-prepare, in arrival order. Entries whose
+    /// digest left `queued` are skipped lazily.
+    pending: VecDeque<(Digest, Millis)>,
+    queued: BTreeSet<Digest>,
+    /// Requests named by a pre-prepare not yet executed, with its seq.
+    assigned: HashMap<Digest, u64>,
+    /// Slots whose pre-prepare names a request we do not have yet.
+    waiting: BTreeSet<u64>,
+    /// Missing requests: when last asked, and how often.
+    fetches: BTreeMap<Digest, (Millis, u32)>,
+
+    slots: BTreeMap<u64, Slot>,
+    /// Next sequence number this replica assigns as primary.
+    next_seq: u64,
+    /// Last sequence number executed.
+    executed: u64,
+    /// Highest `seq` the driver confirmed it recorded.
+    acked: u64,
+    /// Low watermark h: the last stable checkpoint.
+    low: u64,
+    state: ReplicatedState,
+    executed_requests: BTreeMap<u64, Vec<Digest>>,
+
+    /// Our own state digest and encoding at each checkpoint sequence number
+    /// not yet stable; `bool` is whether our CHECKPOINT went out.
+    own_checkpoints: BTreeMap<u64, (Digest, Arc<[u8]>, bool)>,
+    checkpoint_votes: BTreeMap<u64, BTreeMap<usize, Signed<Checkpoint>>>,
+    stable_proof: Vec<Signed<Checkpoint>>,
+    stable_state: Arc<[u8]>,
+
+    last_status: Millis,
+    /// Per peer: when we last helped it, and when we last asked it for help.
+    helped_at: HashMap<usize, Millis>,
+    asked_at: HashMap<usize, Millis>,
+
+    restoring: bool,
+    ready: Ready,
+}
+
+impl Replica {
+    /// A fresh replica, index `me` in `cfg.replicas`, signing with `signer`.
+    pub fn new(cfg: Config, signer: Arc<dyn Signer>, verifier: Arc<dyn Verifier>) -> Replica {
+        cfg.check();
+        let me = cfg
+            .replicas
+            .iter()
+            .position(|p| *p == signer.peer_id())
+            .expect("the signer is one of the replicas");
+        let index = cfg
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (*p, i))
+            .collect();
+        let state = ReplicatedState::default();
+        let stable_state: Arc<[u8]> = state.encode().into();
+        Replica {
+            q: Quorum::new(cfg.replicas.len()),
+            cfg,
+            me,
+            signer,
+            verifier,
+            index,
+            now: 0,
+            view: 0,
+            requests: HashMap::new(),
+            pending: VecDeque::new(),
+            queued: BTreeSet::new(),
+            assigned: HashMap::new(),
+            waiting: BTreeSet::new(),
+            fetches: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            next_seq: 1,
+            executed: 0,
+            acked: 0,
+            low: 0,
+            state,
+            executed_requests: BTreeMap::new(),
+            own_checkpoints: BTreeMap::new(),
+            checkpoint_votes: BTreeMap::new(),
+            stable_proof: Vec::new(),
+            stable_state,
+            last_status: 0,
+            helped_at: HashMap::new(),
+            asked_at: HashMap::new(),
+            restoring: false,
+            ready: Ready::default(),
+        }
+    }
+
+    /// Rebuilds a replica from the records its driver persisted, in the order
+    /// they were persisted. Replays them through the normal handlers: derived
+    /// messages are the same signed bytes as before (signing is
+    /// deterministic), and no new batch is proposed while replaying, so the
+    /// restarted replica never contradicts what it sent.
+    pub fn restore(
+        cfg: Config,
+        signer: Arc<dyn Signer>,
+        verifier: Arc<dyn Verifier>,
+        now: Millis,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Result<Replica, RestoreError> {
+        let mut r = Replica::new(cfg, signer, verifier);
+        r.now = now;
+        r.last_status = now;
+        r.restoring = true;
+        let mut requests = Vec::new();
+        let mut messages = Vec::new();
+        let mut stable = None;
+        for rec in records {
+            match rec {
+                Record::Request(b) => requests.push(b),
+                Record::Message(b) => messages.push(b),
+                Record::Stable { seq, state, proof } => stable = Some((seq, state, proof)),
+            }
+        }
+        if let Some((seq, state, proof)) = stable {
+            let proof = proof
+                .iter()
+                .map(|b| Signed::<Checkpoint>::open(b, &r.cfg.network, r.verifier.as_ref()))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !r.adopt_state(seq, proof, &state) {
+                return Err(RestoreError::Stable(format!(
+                    "checkpoint {seq} does not match its proof"
+                )));
+            }
+            r.ready.skipped.clear();
+            r.ready.notes.clear();
+        }
+        for b in requests {
+            let req = Signed::<Request>::open(&b, &r.cfg.network, r.verifier.as_ref())?;
+            r.on_request(req);
+        }
+        for b in messages {
+            let m = Message::open(&b, &r.cfg.network, r.verifier.as_ref())?;
+            r.on_message(m, true);
+        }
+        r.restoring = false;
+        r.tick();
+        Ok(r)
+    }
+
+    /// Feeds one input at time `now`. Then call [`Replica::take_ready`].
+    pub fn step(&mut self, now: Millis, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Request(r) => self.on_request(r),
+            Input::Message(m) => self.on_message(m, false),
+            Input::FetchRequests { from, digests } => self.on_fetch(from, digests),
+            Input::Status {
+                from,
+                view,
+                executed,
+            } => self.on_status(from, view, executed),
+            Input::State { proof, state } => {
+                let seq = proof.first().map(|c| c.msg.seq).unwrap_or(0);
+                self.adopt_state(seq, proof, &state);
+            }
+            Input::Executed { seq } => self.on_executed(seq),
+            Input::Tick => {}
+        }
+        self.tick();
+    }
+
+    /// Takes what the last steps produced; see [`Ready`] for the order in
+    /// which to handle it.
+    pub fn take_ready(&mut self) -> Ready {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.wake_at = Some(self.wake_at());
+        ready
+    }
+
+    // --- accessors (for drivers, the simulator and tests) ---
+
+    pub fn index(&self) -> usize {
+        self.me
+    }
+    pub fn view(&self) -> u64 {
+        self.view
+    }
+    pub fn is_primary(&self) -> bool {
+        self.q.primary(self.view) == self.me
+    }
+    pub fn last_executed(&self) -> u64 {
+        self.executed
+    }
+    pub fn low_watermark(&self) -> u64 {
+        self.low
+    }
+    pub fn state(&self) -> &ReplicatedState {
+        &self.state
+    }
+    /// Requests held, pending or in the log.
+    pub fn requests_held(&self) -> usize {
+        self.requests.len()
+    }
+
+    // --- helpers ---
+
+    fn prepares_needed(&self) -> usize {
+        self.cfg
+            .unsafe_quorum_override
+            .map_or(self.q.prepares(), |(p, _)| p)
+    }
+    fn commits_needed(&self) -> usize {
+        self.cfg
+            .unsafe_quorum_override
+            .map_or(self.q.quorum(), |(_, c)| c)
+    }
+
+    fn in_window(&self, seq: u64) -> bool {
+        seq > self.low && seq <= self.low + self.cfg.window
+    }
+
+    fn persist(&mut self, bytes: Arc<[u8]>) {
+        if !self.restoring {
+            self.ready.persist.push(Record::Message(bytes));
+        }
+    }
+
+    fn broadcast<T: WireMessage>(&mut self, msg: T) -> Signed<T> {
+        let signed = Signed::seal(msg, &self.cfg.network, self.signer.as_ref());
+        self.persist(signed.shared_bytes());
+        self.ready.messages.push(Outbound::Signed {
+            to: Target::All,
+            bytes: signed.shared_bytes(),
+        });
+        signed
+    }
+
+    fn reply(&mut self, req: &Request, digest: Digest, body: ReplyBody) {
+        if self.restoring {
+            return;
+        }
+        let reply = Reply {
+            view: self.view,
+            gateway: req.gateway,
+            number: req.number,
+            request: digest,
+            body,
+        };
+        let signed = Signed::seal(reply, &self.cfg.network, self.signer.as_ref());
+        self.ready.replies.push(ReplyOut {
+            to: req.gateway,
+            request: digest,
+            bytes: signed.shared_bytes(),
+        });
+    }
+
+    fn note_equivocation(&mut self, replica: usize, first: Arc<[u8]>, second: Arc<[u8]>) {
+        if first != second {
+            self.ready.notes.push(Note::Equivocation {
+                replica,
+                first,
+                second,
+            });
+        }
+    }
+
+    // --- requests ---
+
+    fn on_request(&mut self, req: Signed<Request>) {
+        if req.signer != req.msg.gateway {
+            return;
+        }
+        let digest = req.msg.digest();
+        if let Some(answer) = self.state.classify(&req.msg) {
+            // Ordered before (or out of window): answer at once, order nothing.
+            self.reply(&req.msg, digest, answer);
+            return;
+        }
+        if self.requests.contains_key(&digest) {
+            return;
+        }
+        if self.requests.len() >= self.cfg.pending_max {
+            self.reply(
+                &req.msg,
+                digest,
+                ReplyBody::Rejected {
+                    reason: Rejection::Busy,
+                },
+            );
+            return;
+        }
+        if !self.restoring {
+            self.ready.persist.push(Record::Request(req.shared_bytes()));
+        }
+        self.requests.insert(digest, req);
+        if self.fetches.remove(&digest).is_some() || !self.waiting.is_empty() {
+            let waiting: Vec<u64> = self.waiting.iter().copied().collect();
+            for seq in waiting {
+                self.check_slot(seq);
+            }
+        }
+        if !self.assigned.contains_key(&digest) {
+            self.queued.insert(digest);
+            self.pending.push_back((digest, self.now));
+        }
+    }
+
+    fn on_fetch(&mut self, from: usize, digests: Vec<Digest>) {
+        let found: Vec<Arc<[u8]>> = digests
+            .iter()
+            .filter_map(|d| self.requests.get(d))
+            .map(|r| r.shared_bytes())
+            .collect();
+        for bytes in found {
+            self.ready.messages.push(Outbound::Signed {
+                to: Target::Replica(from),
+                bytes,
+            });
+        }
+    }
+
+    fn want(&mut self, digests: Vec<Digest>, ask: usize) {
+        let mut fresh = Vec::new();
+        for d in digests {
+            if !self.requests.contains_key(&d) && !self.fetches.contains_key(&d) {
+                self.fetches.insert(d, (self.now, 0));
+                fresh.push(d);
+            }
+        }
+        if !fresh.is_empty() && ask != self.me && !self.restoring {
+            self.ready.messages.push(Outbound::FetchRequests {
+                to: ask,
+                digests: fresh,
+            });
+        }
+    }
+
+    // --- the normal case ---
+
+    fn on_message(&mut self, m: Message, replay: bool) {
+        let Some(&from) = self.index.get(&m.signer()) else {
+            return;
+        };
+        // Our own messages come back only from our own store.
+        if from == self.me && !replay {
+            return;
+        }
+        match m {
+            Message::PrePrepare(pp) => self.on_pre_prepare(from, pp),
+            Message::Prepare(p) => self.on_prepare(from, p),
+            Message::Commit(c) => self.on_commit(from, c),
+            Message::Checkpoint(c) => self.on_checkpoint(from, c),
+            // View change belongs to part 2 of the protocol.
+            Message::ViewChange(_) | Message::NewView(_) => {}
+        }
+    }
+
+    fn on_pre_prepare(&mut self, from: usize, pp: Signed<PrePrepare>) {
+        let (view, seq) = (pp.msg.view, pp.msg.seq);
+        if view != self.view
+            || from != self.q.primary(view)
+            || !self.in_window(seq)
+            || seq <= self.executed
+        {
+            return;
+        }
+        if pp.msg.requests.len() > self.cfg.batch_max {
+            return;
+        }
+        let slot = self.slots.entry(seq).or_default();
+        if let Some(old) = &slot.pre_prepare {
+            let (a, b) = (old.shared_bytes(), pp.shared_bytes());
+            self.note_equivocation(from, a, b);
+            return;
+        }
+        slot.view = view;
+        slot.batch = pp.msg.batch_digest();
+        let digests = pp.msg.requests.clone();
+        let bytes = pp.shared_bytes();
+        slot.pre_prepare = Some(pp);
+        if from == self.me {
+            self.next_seq = self.next_seq.max(seq + 1);
+        }
+        self.persist(bytes);
+        for d in &digests {
+            self.queued.remove(d);
+            self.assigned.insert(*d, seq);
+        }
+        self.want(digests, from);
+        self.check_slot(seq);
+    }
+
+    fn on_prepare(&mut self, from: usize, p: Signed<Prepare>) {
+        let (view, seq) = (p.msg.view, p.msg.seq);
+        if view != self.view
+            || from == self.q.primary(view)
+            || !self.in_window(seq)
+            || seq <= self.executed
+        {
+            return;
+        }
+        let slot = self.slots.entry(seq).or_default();
+        if let Some(old) = slot.prepares.get(&from) {
+            let (a, b) = (old.shared_bytes(), p.shared_bytes());
+            self.note_equivocation(from, a, b);
+            return;
+        }
+        if from == self.me {
+            slot.sent_prepare = true;
+        }
+        let bytes = p.shared_bytes();
+        slot.prepares.insert(from, p);
+        self.persist(bytes);
+        self.check_slot(seq);
+    }
+
+    fn on_commit(&mut self, from: usize, c: Signed<Commit>) {
+        let (view, seq) = (c.msg.view, c.msg.seq);
+        if view != self.view || !self.in_window(seq) || seq <= self.executed {
+            return;
+        }
+        let slot = self.slots.entry(seq).or_default();
+        if let Some(old) = slot.commits.get(&from) {
+            let (a, b) = (old.shared_bytes(), c.shared_bytes());
+            self.note_equivocation(from, a, b);
+            return;
+        }
+        if from == self.me {
+            slot.sent_commit = true;
+        }
+        let bytes = c.shared_bytes();
+        slot.commits.insert(from, c);
+        self.persist(bytes);
+        self.check_slot(seq);
+    }
+
+    /// Moves a slot as far as its messages allow: prepare once the
+    /// pre-prepare and its requests are here, commit once prepared, execute
+    /// once committed.
+    fn check_slot(&mut self, seq: u64) {
+        let primary = self.q.primary(self.view);
+        let (prepares_needed, commits_needed) = (self.prepares_needed(), self.commits_needed());
+        let Some(slot) = self.slots.get(&seq) else {
+            return;
+        };
+        let Some(pp) = &slot.pre_prepare else { return };
+        if pp
+            .msg
+            .requests
+            .iter()
+            .any(|d| !self.requests.contains_key(d))
+        {
+            self.waiting.insert(seq);
+            return;
+        }
+        self.waiting.remove(&seq);
+        let (view, batch) = (slot.view, slot.batch);
+        if self.me != primary && !slot.sent_prepare {
+            let p = self.broadcast(Prepare { view, seq, batch });
+            let slot = self.slots.get_mut(&seq).expect("slot exists");
+            slot.prepares.insert(self.me, p);
+            slot.sent_prepare = true;
+        }
+        let slot = &self.slots[&seq];
+        let prepared = slot
+            .prepares
+            .values()
+            .filter(|p| p.msg.batch == batch)
+            .count()
+            >= prepares_needed;
+        if !prepared {
+            return;
+        }
+        if !slot.sent_commit {
+            let c = self.broadcast(Commit { view, seq, batch });
+            let slot = self.slots.get_mut(&seq).expect("slot exists");
+            slot.commits.insert(self.me, c);
+            slot.sent_commit = true;
+        }
+        let slot = self.slots.get_mut(&seq).expect("slot exists");
+        if !slot.committed
+            && slot
+                .commits
+                .values()
+                .filter(|c| c.msg.batch == batch)
+                .count()
+                >= commits_needed
+        {
+            slot.committed = true;
+            self.try_execute();
+        }
+    }
+
+    /// Executes committed slots in sequence order.
+    fn try_execute(&mut self) {
+        while let Some(slot) = self.slots.get(&(self.executed + 1)) {
+            if !slot.committed {
+                break;
+            }
+            let seq = self.executed + 1;
+            let view = slot.view;
+            let digests = slot
+                .pre_prepare
+                .as_ref()
+                .expect("committed slots have a pre-prepare")
+                .msg
+                .requests
+                .clone();
+            let mut jobs = Vec::new();
+            for (i, d) in digests.iter().enumerate() {
+                let req = self
+                    .requests
+                    .get(d)
+                    .expect("committed requests are present")
+                    .clone();
+                let job = JobId {
+                    seq,
+                    index: i as u32,
+                };
+                let body = self.state.apply(job, &req.msg, d);
+                if matches!(body, ReplyBody::Accepted { .. }) {
+                    jobs.push((job, req.clone()));
+                }
+                self.queued.remove(d);
+                self.assigned.remove(d);
+                self.reply(&req.msg, *d, body);
+            }
+            self.state.seq = seq;
+            self.executed = seq;
+            self.executed_requests.insert(seq, digests);
+            self.ready.execute.push(Batch { seq, view, jobs });
+            if seq % self.cfg.checkpoint_interval == 0 {
+                self.own_checkpoints.insert(
+                    seq,
+                    (self.state.digest(), self.state.encode().into(), false),
+                );
+                if self.acked >= seq {
+                    self.send_checkpoints();
+                }
+            }
+        }
+    }
+
+    /// The primary proposes batches: at once when nothing is in flight, else
+    /// when a batch is full or its oldest request waited `batch_delay_ms`.
+    fn try_propose(&mut self) {
+        if !self.is_primary() || self.restoring {
+            return;
+        }
+        loop {
+            while let Some((d, _)) = self.pending.front() {
+                if self.queued.contains(d) {
+                    break;
+                }
+                self.pending.pop_front();
+            }
+            let Some(&(_, oldest)) = self.pending.front() else {
+                return;
+            };
+            if !self.in_window(self.next_seq) {
+                return;
+            }
+            let in_flight = self.next_seq - 1 - self.executed;
+            let full = self.queued.len() >= self.cfg.batch_max;
+            if in_flight > 0 && !full && self.now < oldest + self.cfg.batch_delay_ms {
+                return;
+            }
+            let mut requests = Vec::new();
+            while requests.len() < self.cfg.batch_max {
+                let Some((d, _)) = self.pending.pop_front() else {
+                    break;
+                };
+                if self.queued.remove(&d) {
+                    requests.push(d);
+                }
+            }
+            let seq = self.next_seq;
+            let pp = Signed::seal(
+                PrePrepare {
+                    view: self.view,
+                    seq,
+                    requests,
+                },
+                &self.cfg.network,
+                self.signer.as_ref(),
+            );
+            self.ready.messages.push(Outbound::Signed {
+                to: Target::All,
+                bytes: pp.shared_bytes(),
+            });
+            self.on_pre_prepare(self.me, pp);
+        }
+    }
+
+    // --- checkpoints ---
+
+    fn on_executed(&mut self, seq: u64) {
+        if seq > self.acked && seq <= self.executed {
+            self.acked = seq;
+            self.send_checkpoints();
+        }
+    }
+
+    fn send_checkpoints(&mut self) {
+        let due: Vec<(u64, Digest)> = self
+            .own_checkpoints
+            .range(..=self.acked)
+            .filter(|(_, (_, _, sent))| !sent)
+            .map(|(s, (d, _, _))| (*s, *d))
+            .collect();
+        for (seq, state) in due {
+            self.own_checkpoints.get_mut(&seq).expect("present").2 = true;
+            let c = self.broadcast(Checkpoint { seq, state });
+            self.record_checkpoint_vote(self.me, c);
+        }
+    }
+
+    fn on_checkpoint(&mut self, from: usize, c: Signed<Checkpoint>) {
+        if from == self.me {
+            // Replayed from our store: it went out before the restart.
+            if let Some(own) = self.own_checkpoints.get_mut(&c.msg.seq) {
+                own.2 = true;
+            }
+        }
+        self.record_checkpoint_vote(from, c);
+    }
+
+    fn record_checkpoint_vote(&mut self, from: usize, c: Signed<Checkpoint>) {
+        let seq = c.msg.seq;
+        if seq <= self.low || seq % self.cfg.checkpoint_interval != 0 {
+            return;
+        }
+        let votes = self.checkpoint_votes.entry(seq).or_default();
+        if let Some(old) = votes.get(&from) {
+            let (a, b) = (old.shared_bytes(), c.shared_bytes());
+            self.note_equivocation(from, a, b);
+            return;
+        }
+        let bytes = c.shared_bytes();
+        votes.insert(from, c);
+        if from != self.me {
+            self.persist(bytes);
+        }
+        // Bound memory: a replica's votes beyond one window above ours are
+        // kept only for its highest few sequence numbers.
+        let keep = self.cfg.window / self.cfg.checkpoint_interval + 2;
+        let mine: Vec<u64> = self
+            .checkpoint_votes
+            .iter()
+            .filter(|(_, v)| v.contains_key(&from))
+            .map(|(s, _)| *s)
+            .collect();
+        if mine.len() as u64 > keep {
+            for s in &mine[..mine.len() - keep as usize] {
+                if let Some(v) = self.checkpoint_votes.get_mut(s) {
+                    v.remove(&from);
+                }
+            }
+        }
+        self.check_stable(seq);
+    }
+
+    fn check_stable(&mut self, seq: u64) {
+        let Some(votes) = self.checkpoint_votes.get(&seq) else {
+            return;
+        };
+        let mut by_digest: BTreeMap<Digest, Vec<&Signed<Checkpoint>>> = BTreeMap::new();
+        for v in votes.values() {
+            by_digest.entry(v.msg.state).or_default().push(v);
+        }
+        let Some((digest, proof)) = by_digest
+            .into_iter()
+            .find(|(_, v)| v.len() >= self.q.quorum())
+        else {
+            return;
+        };
+        let proof: Vec<Signed<Checkpoint>> = proof.into_iter().cloned().collect();
+        match self.own_checkpoints.get(&seq) {
+            Some((own, state, _)) if *own == digest => {
+                let state = state.clone();
+                self.make_stable(seq, proof, state);
+            }
+            Some(_) => self.ready.notes.push(Note::Diverged { seq }),
+            None if self.executed < seq => {
+                // 2f + 1 are ahead of us: ask them for help (messages, or state).
+                let voters: Vec<usize> = proof
+                    .iter()
+                    .filter_map(|c| self.index.get(&c.signer).copied())
+                    .collect();
+                for v in voters {
+                    self.ask_for_help(v);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn make_stable(&mut self, seq: u64, proof: Vec<Signed<Checkpoint>>, state: Arc<[u8]>) {
+        if seq <= self.low {
+            return;
+        }
+        self.low = seq;
+        self.slots = self.slots.split_off(&(seq + 1));
+        self.waiting = self.waiting.split_off(&(seq + 1));
+        self.checkpoint_votes = self.checkpoint_votes.split_off(&(seq + 1));
+        self.own_checkpoints = self.own_checkpoints.split_off(&(seq + 1));
+        let kept = self.executed_requests.split_off(&(seq + 1));
+        for digests in std::mem::replace(&mut self.executed_requests, kept).into_values() {
+            for d in digests {
+                if !self.queued.contains(&d) {
+                    self.requests.remove(&d);
+                }
+            }
+        }
+        self.assigned.retain(|_, s| *s > seq);
+        self.next_seq = self.next_seq.max(seq + 1);
+        let proof_bytes = proof.iter().map(|c| c.shared_bytes()).collect();
+        self.ready.persist.push(Record::Stable {
+            seq,
+            state: state.clone(),
+            proof: proof_bytes,
+        });
+        self.stable_proof = proof;
+        self.stable_state = state;
+    }
+
+    /// Adopts a stable checkpoint's state received from a peer, if `proof`
+    /// holds 2f + 1 CHECKPOINTs from distinct replicas for its digest and it is
+    /// ahead of us.
+    fn adopt_state(&mut self, seq: u64, proof: Vec<Signed<Checkpoint>>, bytes: &[u8]) -> bool {
+        if seq <= self.executed && !(self.restoring && seq > self.low) {
+            return false;
+        }
+        let Ok(state) = ReplicatedState::decode(bytes) else {
+            return false;
+        };
+        let digest = state.digest();
+        let signers: BTreeSet<usize> = proof
+            .iter()
+            .filter(|c| c.msg.seq == seq && c.msg.state == digest)
+            .filter_map(|c| self.index.get(&c.signer).copied())
+            .collect();
+        if signers.len() < self.q.quorum() || state.seq != seq {
+            return false;
+        }
+        if seq > self.executed {
+            self.ready.skipped.push(Skipped {
+                from_seq: self.executed + 1,
+                to_seq: seq,
+            });
+            self.ready.notes.push(Note::StateTransferred { seq });
+        }
+        // Requests the new state already ordered are not pending any more.
+        let done: Vec<Digest> = self
+            .queued
+            .iter()
+            .filter(|d| {
+                self.requests
+                    .get(d)
+                    .is_some_and(|r| state.classify(&r.msg).is_some())
+            })
+            .copied()
+            .collect();
+        for d in done {
+            self.queued.remove(&d);
+            self.requests.remove(&d);
+        }
+        self.state = state;
+        self.executed = self.executed.max(seq);
+        self.acked = self.acked.max(seq);
+        self.make_stable(seq, proof, bytes.into());
+        true
+    }
+
+    // --- catching up ---
+
+    fn on_status(&mut self, from: usize, view: u64, executed: u64) {
+        if from == self.me || from >= self.q.n || view != self.view {
+            return;
+        }
+        if executed < self.executed {
+            self.help(from, executed);
+        } else if executed > self.executed {
+            self.ask_for_help(from);
+        }
+    }
+
+    fn ask_for_help(&mut self, to: usize) {
+        if to == self.me || self.restoring {
+            return;
+        }
+        let last = self.asked_at.get(&to).copied();
+        if last.is_some_and(|t| self.now < t + self.cfg.status_interval_ms / 2) {
+            return;
+        }
+        self.asked_at.insert(to, self.now);
+        self.ready.messages.push(Outbound::Status {
+            to: Target::Replica(to),
+            view: self.view,
+            executed: self.executed,
+        });
+    }
+
+    /// Sends a lagging replica what it needs for the next few slots: the
+    /// signed certificates we hold and the requests they name, or our stable
+    /// state when it fell below our log.
+    fn help(&mut self, to: usize, executed: u64) {
+        let last = self.helped_at.get(&to).copied();
+        if last.is_some_and(|t| self.now < t + self.cfg.status_interval_ms / 2) {
+            return;
+        }
+        self.helped_at.insert(to, self.now);
+        if executed < self.low {
+            self.ready.messages.push(Outbound::State {
+                to,
+                proof: self.stable_proof.iter().map(|c| c.shared_bytes()).collect(),
+                state: self.stable_state.clone(),
+            });
+            return;
+        }
+        let mut out = Vec::new();
+        for (_, slot) in self
+            .slots
+            .range(executed + 1..=executed + self.cfg.help_slots_max)
+        {
+            let Some(pp) = &slot.pre_prepare else {
+                continue;
+            };
+            out.extend(
+                pp.msg
+                    .requests
+                    .iter()
+                    .filter_map(|d| self.requests.get(d))
+                    .map(|r| r.shared_bytes()),
+            );
+            out.push(pp.shared_bytes());
+            out.extend(slot.prepares.values().map(|p| p.shared_bytes()));
+            out.extend(slot.commits.values().map(|c| c.shared_bytes()));
+        }
+        if let Some(c) = self
+            .checkpoint_votes
+            .values()
+            .flat_map(|v| v.get(&self.me))
+            .next_back()
+        {
+            out.push(c.shared_bytes());
+        }
+        for bytes in out {
+            self.ready.messages.push(Outbound::Signed {
+                to: Target::Replica(to),
+                bytes,
+            });
+        }
+    }
+
+    // --- time ---
+
+    fn tick(&mut self) {
+        self.try_propose();
+        if self.restoring {
+            return;
+        }
+        if self.now >= self.last_status + self.cfg.status_interval_ms {
+            self.last_status = self.now;
+            self.ready.messages.push(Outbound::Status {
+                to: Target::All,
+                view: self.view,
+                executed: self.executed,
+            });
+        }
+        // Ask another replica for requests still missing.
+        let due: Vec<Digest> = self
+            .fetches
+            .iter()
+            .filter(|(_, (at, _))| self.now >= at + self.cfg.fetch_retry_ms)
+            .map(|(d, _)| *d)
+            .collect();
+        let mut by_peer: BTreeMap<usize, Vec<Digest>> = BTreeMap::new();
+        for d in due {
+            let entry = self.fetches.get_mut(&d).expect("present");
+            entry.0 = self.now;
+            entry.1 += 1;
+            let mut peer = (self.me + entry.1 as usize) % self.q.n;
+            if peer == self.me {
+                peer = (peer + 1) % self.q.n;
+            }
+            by_peer.entry(peer).or_default().push(d);
+        }
+        for (to, digests) in by_peer {
+            self.ready
+                .messages
+                .push(Outbound::FetchRequests { to, digests });
+        }
+    }
+
+    fn wake_at(&self) -> Millis {
+        let mut at = self.last_status + self.cfg.status_interval_ms;
+        if let Some((at_fetch, _)) = self.fetches.values().min() {
+            at = at.min(at_fetch + self.cfg.fetch_retry_ms);
+        }
+        if self.is_primary() {
+            if let Some((_, oldest)) = self.pending.iter().find(|(d, _)| self.queued.contains(d)) {
+                at = at.min(oldest + self.cfg.batch_delay_ms);
+            }
+        }
+        at.max(self.now)
+    }
+}

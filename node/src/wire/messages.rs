@@ -1,0 +1,437 @@
+//! The messages of pbft-ci: requests and replies between gateways and
+//! replicas, the PBFT protocol messages between replicas, results, and the
+//! request-response exchanges (fetch by digest, state transfer).
+//!
+//! Replicas are named in protocol messages by their signer's `PeerId`; the
+//! membership maps it to an index, so no message carries a second, possibly
+//! contradicting, name.
+
+use libp2p_identity::PeerId;
+use serde::{Deserialize, Serialize};
+
+use super::codec::encode;
+use super::envelope::{Kind, WireMessage};
+use super::limits::*;
+use super::Digest;
+
+/// A job's id: the sequence number that ordered it and its index in the batch.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobId {
+    pub seq: u64,
+    pub index: u32,
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.seq, self.index)
+    }
+}
+
+/// What a request asks the network to do.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Operation {
+    /// Run the pipeline of `repo` at `git_ref`. `commit` is the pinned commit;
+    /// `None` when the gateway could not resolve the ref.
+    Run {
+        repo: String,
+        git_ref: String,
+        commit: Option<String>,
+    },
+    /// Cancel a job that has no verdict yet.
+    Cancel { job: JobId },
+}
+
+/// A gateway's request. Signed by `gateway`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub gateway: PeerId,
+    /// From a counter the gateway persists; de-duplicated per gateway.
+    pub number: u64,
+    /// The git host's delivery id, de-duplicated across gateways.
+    pub delivery: Option<String>,
+    pub op: Operation,
+}
+
+impl Request {
+    /// The request's digest, over its canonical encoding: two encodings of one
+    /// request never get two digests.
+    pub fn digest(&self) -> Digest {
+        Digest::of_parts(b"pbft-ci/request", &[&encode(self)])
+    }
+}
+
+fn check_len(s: &str, max: usize, what: &'static str) -> Result<(), &'static str> {
+    if s.len() > max {
+        Err(what)
+    } else {
+        Ok(())
+    }
+}
+
+impl WireMessage for Request {
+    const KIND: Kind = Kind::Request;
+    const BODY_BYTES_MAX: usize = REQUEST_BYTES_MAX;
+    fn check(&self) -> Result<(), &'static str> {
+        if let Some(d) = &self.delivery {
+            check_len(d, DELIVERY_BYTES_MAX, "delivery id too long")?;
+        }
+        match &self.op {
+            Operation::Run {
+                repo,
+                git_ref,
+                commit,
+            } => {
+                check_len(repo, REPO_BYTES_MAX, "repository URL too long")?;
+                check_len(git_ref, REF_BYTES_MAX, "ref too long")?;
+                if let Some(c) = commit {
+                    check_len(c, COMMIT_BYTES_MAX, "commit id too long")?;
+                }
+            }
+            Operation::Cancel { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// Why a replica refused to order a request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Rejection {
+    /// The request number is below the gateway's de-duplication window: it was
+    /// ordered long ago, or is a replay.
+    Stale,
+    /// The request number is too far above the window.
+    TooFarAhead,
+    /// The replica holds too many pending requests; retry later.
+    Busy,
+}
+
+/// The deterministic outcome of a job.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Outcome {
+    Passed,
+    Failed {
+        step: String,
+        exit_code: i32,
+    },
+    Timeout {
+        step: String,
+    },
+    /// A property of the request, not of the replica's machine.
+    Error {
+        error: RequestError,
+        detail: String,
+    },
+    /// The job was cancelled through consensus before it finished.
+    Cancelled,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum RequestError {
+    RefNotFound,
+    CommitNotOnRef,
+    InvalidPipeline,
+    RepoNotAllowed,
+}
+
+/// One step's part of a result.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepResult {
+    pub name: String,
+    pub image: Option<String>,
+    pub exit_code: Option<i32>,
+}
+
+/// What every correct replica computes the same for a job. Wall times and
+/// logs travel beside it, never inside.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobResult {
+    pub commit: Option<String>,
+    pub tree: Option<String>,
+    pub pipeline: Option<Digest>,
+    pub executor: String,
+    pub steps: Vec<StepResult>,
+    pub outcome: Outcome,
+}
+
+impl JobResult {
+    pub fn digest(&self) -> Digest {
+        Digest::of_parts(b"pbft-ci/result", &[&encode(self)])
+    }
+
+    fn check(&self) -> Result<(), &'static str> {
+        if self.steps.len() > STEPS_MAX {
+            return Err("too many steps");
+        }
+        for s in &self.steps {
+            check_len(&s.name, TEXT_BYTES_MAX, "step name too long")?;
+            if let Some(i) = &s.image {
+                check_len(i, TEXT_BYTES_MAX, "image id too long")?;
+            }
+        }
+        check_len(&self.executor, TEXT_BYTES_MAX, "executor name too long")?;
+        match &self.outcome {
+            Outcome::Failed { step, .. } | Outcome::Timeout { step } => {
+                check_len(step, TEXT_BYTES_MAX, "step name too long")
+            }
+            Outcome::Error { detail, .. } => {
+                check_len(detail, TEXT_BYTES_MAX, "error detail too long")
+            }
+            Outcome::Passed | Outcome::Cancelled => Ok(()),
+        }
+    }
+}
+
+/// What a replica answers.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum ReplyBody {
+    /// Ordered as job `job`.
+    Accepted {
+        job: JobId,
+    },
+    /// Already ordered earlier (same request number, or same delivery id) as `job`.
+    Duplicate {
+        job: JobId,
+    },
+    Rejected {
+        reason: Rejection,
+    },
+    /// The job ended with this result.
+    Result {
+        job: JobId,
+        result: JobResult,
+    },
+    /// The replica could not run the job (a fault of its own machine); never
+    /// counted towards a verdict.
+    Abstain {
+        job: JobId,
+        reason: String,
+    },
+}
+
+/// A replica's signed answer to one request.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    pub view: u64,
+    pub gateway: PeerId,
+    pub number: u64,
+    pub request: Digest,
+    pub body: ReplyBody,
+}
+
+impl WireMessage for Reply {
+    const KIND: Kind = Kind::Reply;
+    const BODY_BYTES_MAX: usize = 64 * 1024;
+    fn check(&self) -> Result<(), &'static str> {
+        match &self.body {
+            ReplyBody::Result { result, .. } => result.check(),
+            ReplyBody::Abstain { reason, .. } => {
+                check_len(reason, TEXT_BYTES_MAX, "abstain reason too long")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The primary's proposal: the requests (by digest) to order at `seq`.
+/// An empty list is a null request (used by NEW-VIEW to fill gaps).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrePrepare {
+    pub view: u64,
+    pub seq: u64,
+    pub requests: Vec<Digest>,
+}
+
+impl PrePrepare {
+    /// The batch digest that PREPARE and COMMIT name.
+    pub fn batch_digest(&self) -> Digest {
+        batch_digest(&self.requests)
+    }
+}
+
+/// Digest of a batch of request digests.
+pub fn batch_digest(requests: &[Digest]) -> Digest {
+    let parts: Vec<&[u8]> = requests.iter().map(|d| d.0.as_slice()).collect();
+    Digest::of_parts(b"pbft-ci/batch", &parts)
+}
+
+impl WireMessage for PrePrepare {
+    const KIND: Kind = Kind::PrePrepare;
+    const BODY_BYTES_MAX: usize = 64 + BATCH_REQUESTS_MAX * 40;
+    fn check(&self) -> Result<(), &'static str> {
+        if self.requests.len() > BATCH_REQUESTS_MAX {
+            return Err("batch too large");
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.requests.len());
+        if !self.requests.iter().all(|d| seen.insert(*d)) {
+            return Err("batch names a request twice");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prepare {
+    pub view: u64,
+    pub seq: u64,
+    pub batch: Digest,
+}
+
+impl WireMessage for Prepare {
+    const KIND: Kind = Kind::Prepare;
+    const BODY_BYTES_MAX: usize = 128;
+    fn check(&self) -> Result<(), &'static str> {
+        Ok(())
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Commit {
+    pub view: u64,
+    pub seq: u64,
+    pub batch: Digest,
+}
+
+impl WireMessage for Commit {
+    const KIND: Kind = Kind::Commit;
+    const BODY_BYTES_MAX: usize = 128;
+    fn check(&self) -> Result<(), &'static str> {
+        Ok(())
+    }
+}
+
+/// A replica's digest of the replicated state after executing `seq`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub state: Digest,
+}
+
+impl WireMessage for Checkpoint {
+    const KIND: Kind = Kind::Checkpoint;
+    const BODY_BYTES_MAX: usize = 128;
+    fn check(&self) -> Result<(), &'static str> {
+        Ok(())
+    }
+}
+
+/// A signed message kept as the exact bytes that were signed (CBOR bytes).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SignedBytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// Proof that a slot prepared: its pre-prepare and 2f matching prepares.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreparedProof {
+    pub pre_prepare: SignedBytes,
+    pub prepares: Vec<SignedBytes>,
+}
+
+/// A replica's move to `view`, with what it must carry over.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewChange {
+    pub view: u64,
+    /// The replica's stable checkpoint and its 2f + 1 signed CHECKPOINTs.
+    pub checkpoint_seq: u64,
+    pub checkpoint_state: Digest,
+    pub checkpoint_proof: Vec<SignedBytes>,
+    /// Every slot above the checkpoint that prepared at this replica.
+    pub prepared: Vec<PreparedProof>,
+}
+
+impl WireMessage for ViewChange {
+    const KIND: Kind = Kind::ViewChange;
+    const BODY_BYTES_MAX: usize = ENVELOPE_BYTES_MAX - 1024;
+    fn check(&self) -> Result<(), &'static str> {
+        if self.checkpoint_proof.len() > REPLICAS_MAX {
+            return Err("checkpoint proof too long");
+        }
+        if self.prepared.len() > PREPARED_MAX {
+            return Err("too many prepared certificates");
+        }
+        if self
+            .prepared
+            .iter()
+            .any(|p| p.prepares.len() > REPLICAS_MAX)
+        {
+            return Err("prepared certificate too long");
+        }
+        Ok(())
+    }
+}
+
+/// The new primary's announcement of `view`: 2f + 1 VIEW-CHANGEs and the
+/// pre-prepares it derived from them.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewView {
+    pub view: u64,
+    pub view_changes: Vec<SignedBytes>,
+    pub pre_prepares: Vec<SignedBytes>,
+}
+
+impl WireMessage for NewView {
+    const KIND: Kind = Kind::NewView;
+    const BODY_BYTES_MAX: usize = ENVELOPE_BYTES_MAX - 1024;
+    fn check(&self) -> Result<(), &'static str> {
+        if self.view_changes.len() > REPLICAS_MAX {
+            return Err("too many view changes");
+        }
+        if self.pre_prepares.len() > PREPARED_MAX {
+            return Err("too many pre-prepares");
+        }
+        Ok(())
+    }
+}
+
+/// Request-response between peers (not signed as a whole: what it carries is).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum PeerRequest {
+    /// Send me these requests (by digest).
+    Requests(Vec<Digest>),
+    /// Retransmission: these signed messages are for you.
+    Deliver(Vec<SignedBytes>),
+    /// Send me the replicated state at stable checkpoint `seq`.
+    State { seq: u64 },
+    /// Send me the signed replies for this request.
+    Replies { request: Digest },
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum PeerResponse {
+    Requests(Vec<SignedBytes>),
+    Ack,
+    /// The state's canonical encoding (checked against the checkpoint digest).
+    State {
+        seq: u64,
+        #[serde(with = "serde_bytes")]
+        state: Vec<u8>,
+    },
+    Replies(Vec<SignedBytes>),
+    Unavailable,
+}
+
+impl PeerRequest {
+    pub fn check(&self) -> Result<(), &'static str> {
+        match self {
+            PeerRequest::Requests(d) if d.len() > BATCH_REQUESTS_MAX => Err("too many digests"),
+            PeerRequest::Deliver(m) if m.len() > BATCH_REQUESTS_MAX => Err("too many messages"),
+            _ => Ok(()),
+        }
+    }
+}
