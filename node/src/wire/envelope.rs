@@ -88,9 +88,7 @@ pub fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
     // Multihash bytes: code 0x00 (identity), a one-byte length, the key.
     let bytes = peer.to_bytes();
     match bytes.as_slice() {
-        [0x00, len, key @ ..] if usize::from(*len) == key.len() => {
-            PublicKey::try_decode_protobuf(key).ok()
-        }
+        [0x00, len, key @ ..] if usize::from(*len) == key.len() => PublicKey::try_decode_protobuf(key).ok(),
         _ => None,
     }
 }
@@ -134,17 +132,17 @@ fn signing_input(network: &NetworkId, kind: Kind, body: &[u8]) -> Vec<u8> {
 impl Envelope {
     /// Decodes an envelope and checks its network and signature; the body is
     /// not decoded yet.
-    pub fn open(
-        bytes: &[u8],
-        network: &NetworkId,
-        verifier: &dyn Verifier,
-    ) -> Result<Envelope, OpenError> {
+    pub fn open(bytes: &[u8], network: &NetworkId, verifier: &dyn Verifier) -> Result<Envelope, OpenError> {
         let env: Envelope = decode(bytes, ENVELOPE_BYTES_MAX)?;
+        // The signature covers the body, not the envelope's framing: only the
+        // one encoding `seal` produces is accepted, so a relay cannot turn one
+        // signed message into other byte strings (other digests, and what
+        // would look like a second, conflicting message from its signer).
+        if encode(&env) != bytes {
+            return Err(OpenError::Invalid("envelope not in canonical encoding"));
+        }
         if env.network != *network {
-            return Err(OpenError::WrongNetwork {
-                got: env.network.short(),
-                want: network.short(),
-            });
+            return Err(OpenError::WrongNetwork { got: env.network.short(), want: network.short() });
         }
         let input = signing_input(&env.network, env.kind, &env.body);
         if !verifier.verify(&env.signer, &input, &env.signature) {
@@ -169,26 +167,12 @@ impl<T: WireMessage> Signed<T> {
     pub fn seal(msg: T, network: &NetworkId, signer: &dyn Signer) -> Signed<T> {
         let body = encode(&msg);
         let signature = signer.sign(&signing_input(network, T::KIND, &body));
-        let env = Envelope {
-            network: *network,
-            kind: T::KIND,
-            signer: signer.peer_id(),
-            body,
-            signature,
-        };
-        Signed {
-            msg,
-            signer: env.signer,
-            bytes: encode(&env).into(),
-        }
+        let env = Envelope { network: *network, kind: T::KIND, signer: signer.peer_id(), body, signature };
+        Signed { msg, signer: env.signer, bytes: encode(&env).into() }
     }
 
     /// Decodes, checks the signature, the kind and the bounds.
-    pub fn open(
-        bytes: &[u8],
-        network: &NetworkId,
-        verifier: &dyn Verifier,
-    ) -> Result<Signed<T>, OpenError> {
+    pub fn open(bytes: &[u8], network: &NetworkId, verifier: &dyn Verifier) -> Result<Signed<T>, OpenError> {
         let env = Envelope::open(bytes, network, verifier)?;
         Self::from_envelope(env, bytes.into())
     }
@@ -196,18 +180,11 @@ impl<T: WireMessage> Signed<T> {
     /// Decodes the body of an envelope already opened from `bytes`.
     pub fn from_envelope(env: Envelope, bytes: Arc<[u8]>) -> Result<Signed<T>, OpenError> {
         if env.kind != T::KIND {
-            return Err(OpenError::WrongKind {
-                want: T::KIND,
-                got: env.kind,
-            });
+            return Err(OpenError::WrongKind { want: T::KIND, got: env.kind });
         }
         let msg: T = decode(&env.body, T::BODY_BYTES_MAX)?;
         msg.check().map_err(OpenError::Invalid)?;
-        Ok(Signed {
-            msg,
-            signer: env.signer,
-            bytes,
-        })
+        Ok(Signed { msg, signer: env.signer, bytes })
     }
 
     /// The encoded envelope, as signed.
@@ -222,5 +199,182 @@ impl<T: WireMessage> Signed<T> {
     /// Digest of the signed envelope (identifies this exact message).
     pub fn envelope_digest(&self) -> Digest {
         Digest::of_parts(b"pbft-ci/envelope", &[&self.bytes])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::limits::REQUEST_BYTES_MAX;
+    use crate::wire::testkit::*;
+    use crate::wire::{Commit, Operation, Prepare, Request};
+
+    fn prepare(net: &Net) -> Signed<Prepare> {
+        let msg = Prepare { view: 0, seq: 1, batch: digest(1) };
+        Signed::seal(msg, &net.network(), &net.replicas[1])
+    }
+
+    /// Opens `bytes` as the kind it was sealed as.
+    fn open_as(kind: Kind, bytes: &[u8], net: &Net) -> Result<(), OpenError> {
+        use crate::wire::*;
+        let (n, v) = (&net.network(), &net.members);
+        match kind {
+            Kind::Request => Signed::<Request>::open(bytes, n, v).map(|_| ()),
+            Kind::Reply => Signed::<Reply>::open(bytes, n, v).map(|_| ()),
+            Kind::PrePrepare => Signed::<PrePrepare>::open(bytes, n, v).map(|_| ()),
+            Kind::Prepare => Signed::<Prepare>::open(bytes, n, v).map(|_| ()),
+            Kind::Commit => Signed::<Commit>::open(bytes, n, v).map(|_| ()),
+            Kind::Checkpoint => Signed::<Checkpoint>::open(bytes, n, v).map(|_| ()),
+            Kind::ViewChange => Signed::<ViewChange>::open(bytes, n, v).map(|_| ()),
+            Kind::NewView => Signed::<NewView>::open(bytes, n, v).map(|_| ()),
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_anywhere_makes_open_fail() {
+        let net = Net::new();
+        let bytes = prepare(&net).bytes().to_vec();
+        assert!(open_as(Kind::Prepare, &bytes, &net).is_ok());
+        for i in 0..bytes.len() {
+            for mask in [0x01, 0x80, 0xff] {
+                let mut bad = bytes.clone();
+                bad[i] ^= mask;
+                assert!(
+                    open_as(Kind::Prepare, &bad, &net).is_err(),
+                    "byte {i} of {} xor {mask:#04x} still opens",
+                    bytes.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_any_kind_of_message_makes_open_fail() {
+        let net = Net::new();
+        for (kind, bytes) in sealed_samples(&net) {
+            assert!(open_as(kind, &bytes, &net).is_ok(), "{kind:?} opens");
+            for i in 0..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[i] ^= 0x01;
+                assert!(open_as(kind, &bad, &net).is_err(), "{kind:?}: byte {i} flipped still opens");
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_for_another_network_is_rejected() {
+        let net = Net::new();
+        let other = NetworkId::new("another", &net.members.replica_ids());
+        let sealed = Signed::seal(Prepare { view: 0, seq: 1, batch: digest(1) }, &other, &net.replicas[1]);
+        let opened = Signed::<Prepare>::open(sealed.bytes(), &net.network(), &net.members);
+        assert!(matches!(opened, Err(OpenError::WrongNetwork { .. })));
+    }
+
+    #[test]
+    fn a_prepare_does_not_open_as_a_commit() {
+        let net = Net::new();
+        let sealed = prepare(&net);
+        let opened = Signed::<Commit>::open(sealed.bytes(), &net.network(), &net.members);
+        assert!(matches!(opened, Err(OpenError::WrongKind { want: Kind::Commit, got: Kind::Prepare })));
+    }
+
+    #[test]
+    fn a_kind_relabelled_in_the_envelope_breaks_the_signature() {
+        // Same body bytes (a Prepare and a Commit encode alike), kind changed:
+        // the signature covers the kind, so this is not a valid Commit.
+        let net = Net::new();
+        let sealed = prepare(&net);
+        let mut env: Envelope = crate::wire::decode(sealed.bytes(), usize::MAX).unwrap();
+        env.kind = Kind::Commit;
+        let bytes = crate::wire::encode(&env);
+        let opened = Signed::<Commit>::open(&bytes, &net.network(), &net.members);
+        assert!(matches!(opened, Err(OpenError::BadSignature(_))));
+    }
+
+    #[test]
+    fn a_non_member_signer_is_rejected() {
+        let net = Net::new();
+        let outsider = Keypair::generate_ed25519();
+        let outsider_id = outsider.public().to_peer_id();
+        // The signature itself is good: its key is inline in the PeerId.
+        let sig = Keypair::sign(&outsider, b"msg").unwrap();
+        assert!(public_key_of(&outsider_id).unwrap().verify(b"msg", &sig));
+        // The membership's verifier still refuses it: not a member.
+        assert!(!net.members.verify(&outsider_id, b"msg", &sig));
+        let sealed = Signed::seal(Prepare { view: 0, seq: 1, batch: digest(1) }, &net.network(), &outsider);
+        let opened = Signed::<Prepare>::open(sealed.bytes(), &net.network(), &net.members);
+        assert!(matches!(opened, Err(OpenError::BadSignature(p)) if p == outsider_id));
+    }
+
+    #[test]
+    fn a_member_named_as_signer_of_anothers_signature_is_rejected() {
+        let net = Net::new();
+        let sealed = prepare(&net);
+        let mut env: Envelope = crate::wire::decode(sealed.bytes(), usize::MAX).unwrap();
+        env.signer = net.replicas[2].public().to_peer_id();
+        let bytes = crate::wire::encode(&env);
+        let opened = Signed::<Prepare>::open(&bytes, &net.network(), &net.members);
+        assert!(matches!(opened, Err(OpenError::BadSignature(_))));
+    }
+
+    #[test]
+    fn an_oversize_envelope_is_rejected_as_too_large() {
+        let net = Net::new();
+        let huge = vec![0u8; ENVELOPE_BYTES_MAX + 1];
+        let opened = Envelope::open(&huge, &net.network(), &net.members);
+        assert!(matches!(
+            opened,
+            Err(OpenError::Decode(DecodeError::TooLarge { len, max }))
+                if len == ENVELOPE_BYTES_MAX + 1 && max == ENVELOPE_BYTES_MAX
+        ));
+    }
+
+    #[test]
+    fn an_oversize_body_is_rejected_as_too_large() {
+        let net = Net::new();
+        let mut req = net.request(1);
+        req.op = Operation::Run { repo: "x".repeat(REQUEST_BYTES_MAX), git_ref: "master".into(), commit: None };
+        let sealed = Signed::seal(req, &net.network(), &net.gateway);
+        let opened = Signed::<Request>::open(sealed.bytes(), &net.network(), &net.members);
+        assert!(matches!(
+            opened,
+            Err(OpenError::Decode(DecodeError::TooLarge { max, .. })) if max == REQUEST_BYTES_MAX
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_after_an_envelope_are_rejected() {
+        let net = Net::new();
+        let mut bytes = prepare(&net).bytes().to_vec();
+        bytes.push(0x00);
+        assert!(Signed::<Prepare>::open(&bytes, &net.network(), &net.members).is_err());
+    }
+
+    #[test]
+    fn a_non_canonical_envelope_encoding_is_rejected() {
+        // The signature covers the body, not the envelope's framing: a relay
+        // could re-encode the framing (here the kind as a two-byte integer)
+        // into new bytes that still carry a valid signature. Accepting them
+        // would give one signed message many byte strings (and digests).
+        let net = Net::new();
+        let bytes = prepare(&net).bytes().to_vec();
+        let key = b"\x64kind\x04";
+        let at = bytes.windows(key.len()).position(|w| w == key).expect("kind field");
+        let mut recoded = bytes[..at + 5].to_vec();
+        recoded.extend_from_slice(&[0x18, 0x04]);
+        recoded.extend_from_slice(&bytes[at + 6..]);
+        let decoded: Envelope = crate::wire::decode(&recoded, usize::MAX).unwrap();
+        assert_eq!(decoded.kind, Kind::Prepare, "still a valid CBOR envelope");
+        assert!(Signed::<Prepare>::open(&recoded, &net.network(), &net.members).is_err());
+    }
+
+    #[test]
+    fn unknown_kinds_are_rejected() {
+        for v in [0u8, 9, 255] {
+            assert!(Kind::try_from(v).is_err());
+        }
+        for v in 1u8..=8 {
+            assert_eq!(u8::from(Kind::try_from(v).unwrap()), v);
+        }
     }
 }

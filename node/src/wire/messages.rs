@@ -34,11 +34,7 @@ impl std::fmt::Display for JobId {
 pub enum Operation {
     /// Run the pipeline of `repo` at `git_ref`. `commit` is the pinned commit;
     /// `None` when the gateway could not resolve the ref.
-    Run {
-        repo: String,
-        git_ref: String,
-        commit: Option<String>,
-    },
+    Run { repo: String, git_ref: String, commit: Option<String> },
     /// Cancel a job that has no verdict yet.
     Cancel { job: JobId },
 }
@@ -79,11 +75,7 @@ impl WireMessage for Request {
             check_len(d, DELIVERY_BYTES_MAX, "delivery id too long")?;
         }
         match &self.op {
-            Operation::Run {
-                repo,
-                git_ref,
-                commit,
-            } => {
+            Operation::Run { repo, git_ref, commit } => {
                 check_len(repo, REPO_BYTES_MAX, "repository URL too long")?;
                 check_len(git_ref, REF_BYTES_MAX, "ref too long")?;
                 if let Some(c) = commit {
@@ -179,9 +171,7 @@ impl JobResult {
             Outcome::Failed { step, .. } | Outcome::Timeout { step } => {
                 check_len(step, TEXT_BYTES_MAX, "step name too long")
             }
-            Outcome::Error { detail, .. } => {
-                check_len(detail, TEXT_BYTES_MAX, "error detail too long")
-            }
+            Outcome::Error { detail, .. } => check_len(detail, TEXT_BYTES_MAX, "error detail too long"),
             Outcome::Passed | Outcome::Cancelled => Ok(()),
         }
     }
@@ -232,9 +222,7 @@ impl WireMessage for Reply {
     fn check(&self) -> Result<(), &'static str> {
         match &self.body {
             ReplyBody::Result { result, .. } => result.check(),
-            ReplyBody::Abstain { reason, .. } => {
-                check_len(reason, TEXT_BYTES_MAX, "abstain reason too long")
-            }
+            ReplyBody::Abstain { reason, .. } => check_len(reason, TEXT_BYTES_MAX, "abstain reason too long"),
             _ => Ok(()),
         }
     }
@@ -362,11 +350,7 @@ impl WireMessage for ViewChange {
         if self.prepared.len() > PREPARED_MAX {
             return Err("too many prepared certificates");
         }
-        if self
-            .prepared
-            .iter()
-            .any(|p| p.prepares.len() > REPLICAS_MAX)
-        {
+        if self.prepared.iter().any(|p| p.prepares.len() > REPLICAS_MAX) {
             return Err("prepared certificate too long");
         }
         Ok(())
@@ -433,5 +417,202 @@ impl PeerRequest {
             PeerRequest::Deliver(m) if m.len() > BATCH_REQUESTS_MAX => Err("too many messages"),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+
+    use libp2p_identity::Keypair;
+
+    use super::*;
+    use crate::pbft::Message;
+    use crate::wire::testkit::*;
+    use crate::wire::{OpenError, Signed, Signer};
+
+    /// Seals `msg`, opens the sealed bytes, and checks nothing changed.
+    fn round_trip<T: WireMessage + PartialEq + Debug + Clone>(net: &Net, msg: T, key: &Keypair) {
+        let sealed = Signed::seal(msg.clone(), &net.network(), key);
+        let opened = Signed::<T>::open(sealed.bytes(), &net.network(), &net.members)
+            .unwrap_or_else(|e| panic!("{msg:?} does not open: {e}"));
+        assert_eq!(opened.msg, msg);
+        assert_eq!(opened.signer, key.peer_id());
+        assert_eq!(opened.bytes(), sealed.bytes());
+        assert_eq!(opened.envelope_digest(), sealed.envelope_digest());
+    }
+
+    #[test]
+    fn requests_with_run_and_cancel_round_trip() {
+        let net = Net::new();
+        let gw = net.gateway.peer_id();
+        let ops = [
+            net.request(1).op,
+            Operation::Run { repo: "file:///srv/git/app".into(), git_ref: "feature".into(), commit: None },
+            Operation::Cancel { job: JobId { seq: 7, index: 3 } },
+        ];
+        for (number, op) in ops.into_iter().enumerate() {
+            for delivery in [None, Some("72d3162e-cc78-11e3-81ab-4c9367dc0958".into())] {
+                let msg = Request { gateway: gw, number: number as u64, delivery, op: op.clone() };
+                round_trip(&net, msg, &net.gateway);
+            }
+        }
+    }
+
+    #[test]
+    fn replies_with_every_body_round_trip() {
+        let net = Net::new();
+        let req = net.request(4);
+        for body in reply_bodies() {
+            let msg = Reply { view: 2, gateway: req.gateway, number: req.number, request: req.digest(), body };
+            round_trip(&net, msg, &net.replicas[1]);
+        }
+    }
+
+    #[test]
+    fn protocol_messages_round_trip() {
+        let net = Net::new();
+        let key = &net.replicas[0];
+        let full: Vec<Digest> = (0..BATCH_REQUESTS_MAX).map(|i| Digest::of_parts(b"t", &[&i.to_be_bytes()])).collect();
+        for requests in [vec![], vec![digest(1), digest(2)], full] {
+            round_trip(&net, PrePrepare { view: 0, seq: 9, requests }, key);
+        }
+        let batch = digest(3);
+        round_trip(&net, Prepare { view: 1, seq: 9, batch }, key);
+        round_trip(&net, Commit { view: 1, seq: u64::MAX, batch }, key);
+        round_trip(&net, Checkpoint { seq: 128, state: digest(4) }, key);
+        let proof = SignedBytes(vec![0xa5; 40]);
+        round_trip(
+            &net,
+            ViewChange {
+                view: 5,
+                checkpoint_seq: 128,
+                checkpoint_state: digest(4),
+                checkpoint_proof: vec![proof.clone(); 3],
+                prepared: vec![PreparedProof { pre_prepare: proof.clone(), prepares: vec![proof.clone(); 2] }],
+            },
+            key,
+        );
+        round_trip(&net, NewView { view: 5, view_changes: vec![proof.clone(); 3], pre_prepares: vec![proof] }, key);
+    }
+
+    #[test]
+    fn protocol_messages_open_as_their_own_variant() {
+        let net = Net::new();
+        for (kind, bytes) in sealed_samples(&net) {
+            let opened = Message::open(&bytes, &net.network(), &net.members);
+            let got = match &opened {
+                Ok(Message::PrePrepare(_)) => Some(Kind::PrePrepare),
+                Ok(Message::Prepare(_)) => Some(Kind::Prepare),
+                Ok(Message::Commit(_)) => Some(Kind::Commit),
+                Ok(Message::Checkpoint(_)) => Some(Kind::Checkpoint),
+                Ok(Message::ViewChange(_)) => Some(Kind::ViewChange),
+                Ok(Message::NewView(_)) => Some(Kind::NewView),
+                Err(_) => None,
+            };
+            match kind {
+                Kind::Request | Kind::Reply => {
+                    assert!(matches!(opened, Err(OpenError::Invalid(_))), "{kind:?} is not a protocol message")
+                }
+                _ => assert_eq!(got, Some(kind)),
+            }
+            if let Ok(m) = opened {
+                assert_eq!(&*m.bytes(), bytes.as_slice());
+            }
+        }
+    }
+
+    fn open_pre_prepare(net: &Net, requests: Vec<Digest>) -> Result<(), OpenError> {
+        let pp = PrePrepare { view: 0, seq: 1, requests };
+        let sealed = Signed::seal(pp, &net.network(), &net.replicas[0]);
+        Signed::<PrePrepare>::open(sealed.bytes(), &net.network(), &net.members).map(|_| ())
+    }
+
+    #[test]
+    fn pre_prepare_over_the_batch_bound_is_rejected() {
+        let net = Net::new();
+        let requests: Vec<Digest> =
+            (0..=BATCH_REQUESTS_MAX).map(|i| Digest::of_parts(b"t", &[&i.to_be_bytes()])).collect();
+        assert!(matches!(open_pre_prepare(&net, requests), Err(OpenError::Invalid("batch too large"))));
+    }
+
+    #[test]
+    fn pre_prepare_naming_a_request_twice_is_rejected() {
+        let net = Net::new();
+        let requests = vec![digest(1), digest(2), digest(1)];
+        assert!(matches!(open_pre_prepare(&net, requests), Err(OpenError::Invalid("batch names a request twice"))));
+    }
+
+    #[test]
+    fn request_strings_over_their_bounds_are_rejected() {
+        let net = Net::new();
+        let long = |n: usize| "x".repeat(n);
+        let mut cases = Vec::new();
+        let mut r = net.request(1);
+        r.delivery = Some(long(DELIVERY_BYTES_MAX + 1));
+        cases.push(r);
+        for (repo, git_ref, commit) in
+            [(REPO_BYTES_MAX + 1, 1, 1), (1, REF_BYTES_MAX + 1, 1), (1, 1, COMMIT_BYTES_MAX + 1)]
+        {
+            let mut r = net.request(1);
+            r.op = Operation::Run { repo: long(repo), git_ref: long(git_ref), commit: Some(long(commit)) };
+            cases.push(r);
+        }
+        for r in cases {
+            let sealed = Signed::seal(r, &net.network(), &net.gateway);
+            let opened = Signed::<Request>::open(sealed.bytes(), &net.network(), &net.members);
+            assert!(matches!(opened, Err(OpenError::Invalid(_))));
+        }
+    }
+
+    #[test]
+    fn result_strings_over_their_bounds_are_rejected() {
+        let net = Net::new();
+        let long = "x".repeat(TEXT_BYTES_MAX + 1);
+        let job = JobId { seq: 1, index: 0 };
+        let many_steps = JobResult { steps: vec![passed().steps[0].clone(); STEPS_MAX + 1], ..passed() };
+        let long_detail = JobResult {
+            outcome: Outcome::Error { error: RequestError::InvalidPipeline, detail: long.clone() },
+            ..passed()
+        };
+        let bodies = [
+            ReplyBody::Result { job, result: many_steps },
+            ReplyBody::Result { job, result: long_detail },
+            ReplyBody::Abstain { job, reason: long },
+        ];
+        let req = net.request(1);
+        for body in bodies {
+            let reply = Reply { view: 0, gateway: req.gateway, number: 1, request: req.digest(), body };
+            let sealed = Signed::seal(reply, &net.network(), &net.replicas[0]);
+            let opened = Signed::<Reply>::open(sealed.bytes(), &net.network(), &net.members);
+            assert!(matches!(opened, Err(OpenError::Invalid(_))));
+        }
+    }
+
+    #[test]
+    fn request_digest_depends_on_every_field_but_not_on_the_signer() {
+        let net = Net::new();
+        let base = net.request(1);
+        let mut other_number = base.clone();
+        other_number.number = 2;
+        let mut no_delivery = base.clone();
+        no_delivery.delivery = None;
+        let digests = [&base, &other_number, &no_delivery].map(Request::digest);
+        assert_ne!(digests[0], digests[1]);
+        assert_ne!(digests[0], digests[2]);
+        let by_gateway = Signed::seal(base.clone(), &net.network(), &net.gateway);
+        let by_replica = Signed::seal(base.clone(), &net.network(), &net.replicas[0]);
+        assert_eq!(by_gateway.msg.digest(), by_replica.msg.digest());
+        assert_ne!(by_gateway.envelope_digest(), by_replica.envelope_digest());
+    }
+
+    #[test]
+    fn peer_requests_over_the_batch_bound_fail_their_check() {
+        let many = vec![digest(1); BATCH_REQUESTS_MAX + 1];
+        assert!(PeerRequest::Requests(many).check().is_err());
+        let many = vec![SignedBytes(vec![]); BATCH_REQUESTS_MAX + 1];
+        assert!(PeerRequest::Deliver(many).check().is_err());
+        assert!(PeerRequest::Requests(vec![digest(1); BATCH_REQUESTS_MAX]).check().is_ok());
+        assert!(PeerRequest::State { seq: 3 }.check().is_ok());
     }
 }

@@ -15,14 +15,12 @@ mod envelope;
 pub mod limits;
 mod messages;
 mod network;
+#[cfg(test)]
+pub(crate) mod testkit;
 
-pub use certificate::{
-    Certificate, CertificateError, ResultSet, Roster, Verified as VerifiedCertificate,
-};
+pub use certificate::{Certificate, CertificateError, ResultSet, Roster, Verified as VerifiedCertificate};
 pub use codec::{decode, encode, DecodeError};
 pub use digest::{Digest, Sha256};
-pub use envelope::{
-    public_key_of, Envelope, Kind, OpenError, Signed, Signer, Verifier, WireMessage,
-};
+pub use envelope::{public_key_of, Envelope, Kind, OpenError, Signed, Signer, Verifier, WireMessage};
 pub use messages::*;
 pub use network::NetworkId;
