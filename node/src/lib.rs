@@ -4,10 +4,13 @@
 //!   certificates, size bounds. Formats only.
 //! - [`membership`]: the membership file: who counts, the network id.
 //! - [`pbft`]: the consensus core, a deterministic sans-IO state machine.
+//! - [`sim`]: a deterministic simulator of a whole network around the core,
+//!   with fault injection and checkers (tests and the soak command use it).
 //!
 //! The libp2p driver (`net`), the job runner (`ci`) and the durable store
 //! (`store`) are callers of the core and arrive in their own modules.
 
 pub mod membership;
 pub mod pbft;
+pub mod sim;
 pub mod wire;

@@ -51,10 +51,7 @@ impl Config {
     }
 
     pub(crate) fn check(&self) {
-        assert!(
-            self.replicas.len() >= 4 && (self.replicas.len() - 1) % 3 == 0,
-            "n = 3f + 1, f ≥ 1"
-        );
+        assert!(self.replicas.len() >= 4 && (self.replicas.len() - 1) % 3 == 0, "n = 3f + 1, f ≥ 1");
         assert!(
             self.batch_max >= 1 && self.batch_max <= limits::BATCH_REQUESTS_MAX,
             "batch_max in 1..=BATCH_REQUESTS_MAX"
@@ -64,9 +61,6 @@ impl Config {
             self.window >= self.checkpoint_interval && self.window % self.checkpoint_interval == 0,
             "L is a positive multiple of K"
         );
-        assert!(
-            self.window as usize <= limits::PREPARED_MAX,
-            "L ≤ PREPARED_MAX: a view change carries the window"
-        );
+        assert!(self.window as usize <= limits::PREPARED_MAX, "L ≤ PREPARED_MAX: a view change carries the window");
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use libp2p_identity::PeerId;
 
 use crate::wire::{
-    Checkpoint, Commit, Digest, Envelope, JobId, Kind, NetworkId, NewView, OpenError, PrePrepare,
-    Prepare, Request, Signed, Verifier, ViewChange,
+    Checkpoint, Commit, Digest, Envelope, JobId, Kind, NetworkId, NewView, OpenError, PrePrepare, Prepare, Request,
+    Signed, Verifier, ViewChange,
 };
 
 /// Milliseconds on the driver's monotonic clock (simulated in tests).
@@ -33,23 +33,21 @@ pub enum Message {
 
 impl Message {
     /// Opens a signed protocol message of any kind.
-    pub fn open(
-        bytes: &[u8],
-        network: &NetworkId,
-        verifier: &dyn Verifier,
-    ) -> Result<Message, OpenError> {
+    pub fn open(bytes: &[u8], network: &NetworkId, verifier: &dyn Verifier) -> Result<Message, OpenError> {
         let env = Envelope::open(bytes, network, verifier)?;
-        let shared: Arc<[u8]> = bytes.into();
+        Message::from_envelope(env, bytes.into())
+    }
+
+    /// Decodes the body of an envelope already opened from `bytes`.
+    pub fn from_envelope(env: Envelope, bytes: Arc<[u8]>) -> Result<Message, OpenError> {
         Ok(match env.kind {
-            Kind::PrePrepare => Message::PrePrepare(Signed::from_envelope(env, shared)?),
-            Kind::Prepare => Message::Prepare(Signed::from_envelope(env, shared)?),
-            Kind::Commit => Message::Commit(Signed::from_envelope(env, shared)?),
-            Kind::Checkpoint => Message::Checkpoint(Signed::from_envelope(env, shared)?),
-            Kind::ViewChange => Message::ViewChange(Signed::from_envelope(env, shared)?),
-            Kind::NewView => Message::NewView(Signed::from_envelope(env, shared)?),
-            Kind::Request | Kind::Reply => {
-                return Err(OpenError::Invalid("not a protocol message"))
-            }
+            Kind::PrePrepare => Message::PrePrepare(Signed::from_envelope(env, bytes)?),
+            Kind::Prepare => Message::Prepare(Signed::from_envelope(env, bytes)?),
+            Kind::Commit => Message::Commit(Signed::from_envelope(env, bytes)?),
+            Kind::Checkpoint => Message::Checkpoint(Signed::from_envelope(env, bytes)?),
+            Kind::ViewChange => Message::ViewChange(Signed::from_envelope(env, bytes)?),
+            Kind::NewView => Message::NewView(Signed::from_envelope(env, bytes)?),
+            Kind::Request | Kind::Reply => return Err(OpenError::Invalid("not a protocol message")),
         })
     }
 
@@ -85,18 +83,12 @@ pub enum Input {
     Message(Message),
     /// Replica `from` asks for these requests by digest.
     FetchRequests { from: usize, digests: Vec<Digest> },
-    /// Replica `from` reports how far it got; the answer helps it catch up.
-    Status {
-        from: usize,
-        view: u64,
-        executed: u64,
-    },
+    /// Replica `from` reports how far it got (last executed seq, stable
+    /// checkpoint); the answer helps it catch up.
+    Status { from: usize, view: u64, executed: u64, stable: u64 },
     /// A stable checkpoint's state, offered by a peer for state transfer:
     /// accepted only if `proof` holds 2f + 1 signed CHECKPOINTs of its digest.
-    State {
-        proof: Vec<Signed<Checkpoint>>,
-        state: Vec<u8>,
-    },
+    State { proof: Vec<Signed<Checkpoint>>, state: Vec<u8> },
     /// The driver durably recorded the batch at `seq` (its jobs will run).
     Executed { seq: u64 },
     /// Time passed (a timer the replica asked for fired).
@@ -121,17 +113,9 @@ pub enum Outbound {
     FetchRequests { to: usize, digests: Vec<Digest> },
     /// Tell `to` how far this replica got (unsigned; the transport
     /// authenticates the peer).
-    Status {
-        to: Target,
-        view: u64,
-        executed: u64,
-    },
+    Status { to: Target, view: u64, executed: u64, stable: u64 },
     /// State transfer: a stable checkpoint's proof and state for `to`.
-    State {
-        to: usize,
-        proof: Vec<Arc<[u8]>>,
-        state: Arc<[u8]>,
-    },
+    State { to: usize, proof: Vec<Arc<[u8]>>, state: Arc<[u8]> },
 }
 
 /// What must be durable before anything of the same `Ready` is sent.
@@ -143,11 +127,7 @@ pub enum Record {
     Message(Arc<[u8]>),
     /// A stable checkpoint: its state and proof. Records of messages at or
     /// below `seq` are no longer needed.
-    Stable {
-        seq: u64,
-        state: Arc<[u8]>,
-        proof: Vec<Arc<[u8]>>,
-    },
+    Stable { seq: u64, state: Arc<[u8]>, proof: Vec<Arc<[u8]>> },
 }
 
 /// A committed batch, in sequence order, for the driver to record and run.
@@ -155,6 +135,8 @@ pub enum Record {
 pub struct Batch {
     pub seq: u64,
     pub view: u64,
+    /// The batch digest that committed.
+    pub batch: Digest,
     /// The requests ordered as new jobs (duplicates and rejections excluded).
     pub jobs: Vec<(JobId, Signed<Request>)>,
 }
@@ -180,11 +162,7 @@ pub struct Skipped {
 pub enum Note {
     /// `replica` signed two different messages of one kind for one slot: the
     /// two signed messages are the evidence.
-    Equivocation {
-        replica: usize,
-        first: Arc<[u8]>,
-        second: Arc<[u8]>,
-    },
+    Equivocation { replica: usize, first: Arc<[u8]>, second: Arc<[u8]> },
     /// 2f + 1 replicas certified a state at `seq` that differs from ours.
     Diverged { seq: u64 },
     /// This replica adopted the state at `seq` from a peer.
@@ -197,8 +175,9 @@ pub struct Ready {
     pub persist: Vec<Record>,
     pub messages: Vec<Outbound>,
     pub replies: Vec<ReplyOut>,
-    pub execute: Vec<Batch>,
+    /// Before `execute`: a state transfer jumps over these slots first.
     pub skipped: Vec<Skipped>,
+    pub execute: Vec<Batch>,
     /// Things an operator should hear about.
     pub notes: Vec<Note>,
     /// Call `step(_, Input::Tick)` at this time at the latest.

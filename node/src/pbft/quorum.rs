@@ -47,22 +47,14 @@ mod tests {
     use super::*;
 
     /// n, f, quorum (2f+1), prepares (2f), weak (f+1)
-    const TABLE: &[(usize, usize, usize, usize, usize)] = &[
-        (4, 1, 3, 2, 2),
-        (7, 2, 5, 4, 3),
-        (10, 3, 7, 6, 4),
-        (13, 4, 9, 8, 5),
-    ];
+    const TABLE: &[(usize, usize, usize, usize, usize)] =
+        &[(4, 1, 3, 2, 2), (7, 2, 5, 4, 3), (10, 3, 7, 6, 4), (13, 4, 9, 8, 5)];
 
     #[test]
     fn quorum_sizes_match_the_table() {
         for &(n, f, quorum, prepares, weak) in TABLE {
             let q = Quorum::new(n);
-            assert_eq!(
-                (q.f, q.quorum(), q.prepares(), q.weak()),
-                (f, quorum, prepares, weak),
-                "n = {n}"
-            );
+            assert_eq!((q.f, q.quorum(), q.prepares(), q.weak()), (f, quorum, prepares, weak), "n = {n}");
         }
     }
 

@@ -18,8 +18,8 @@ use super::io::*;
 use super::quorum::Quorum;
 use super::state::ReplicatedState;
 use crate::wire::{
-    Checkpoint, Commit, Digest, JobId, OpenError, PrePrepare, Prepare, Rejection, Reply, ReplyBody,
-    Request, Signed, Signer, Verifier, WireMessage,
+    Checkpoint, Commit, Digest, JobId, OpenError, PrePrepare, Prepare, Rejection, Reply, ReplyBody, Request, Signed,
+    Signer, Verifier, WireMessage,
 };
 
 /// One sequence number's messages in the current view.
@@ -101,17 +101,8 @@ impl Replica {
     /// A fresh replica, index `me` in `cfg.replicas`, signing with `signer`.
     pub fn new(cfg: Config, signer: Arc<dyn Signer>, verifier: Arc<dyn Verifier>) -> Replica {
         cfg.check();
-        let me = cfg
-            .replicas
-            .iter()
-            .position(|p| *p == signer.peer_id())
-            .expect("the signer is one of the replicas");
-        let index = cfg
-            .replicas
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (*p, i))
-            .collect();
+        let me = cfg.replicas.iter().position(|p| *p == signer.peer_id()).expect("the signer is one of the replicas");
+        let index = cfg.replicas.iter().enumerate().map(|(i, p)| (*p, i)).collect();
         let state = ReplicatedState::default();
         let stable_state: Arc<[u8]> = state.encode().into();
         Replica {
@@ -180,9 +171,7 @@ impl Replica {
                 .map(|b| Signed::<Checkpoint>::open(b, &r.cfg.network, r.verifier.as_ref()))
                 .collect::<Result<Vec<_>, _>>()?;
             if !r.adopt_state(seq, proof, &state) {
-                return Err(RestoreError::Stable(format!(
-                    "checkpoint {seq} does not match its proof"
-                )));
+                return Err(RestoreError::Stable(format!("checkpoint {seq} does not match its proof")));
             }
             r.ready.skipped.clear();
             r.ready.notes.clear();
@@ -194,6 +183,22 @@ impl Replica {
         for b in messages {
             let m = Message::open(&b, &r.cfg.network, r.verifier.as_ref())?;
             r.on_message(m, true);
+        }
+        // Requests no pre-prepare named wait for ordering again, unless the
+        // state shows them ordered already.
+        let mut loose: Vec<(Digest, bool)> = r
+            .requests
+            .iter()
+            .filter(|(d, _)| !r.assigned.contains_key(d) && !r.executed_requests.values().any(|v| v.contains(d)))
+            .map(|(d, req)| (*d, r.state.classify(&req.msg).is_none()))
+            .collect();
+        loose.sort();
+        for (d, fresh) in loose {
+            if fresh {
+                r.queue(d);
+            } else {
+                r.requests.remove(&d);
+            }
         }
         r.restoring = false;
         r.tick();
@@ -207,11 +212,7 @@ impl Replica {
             Input::Request(r) => self.on_request(r),
             Input::Message(m) => self.on_message(m, false),
             Input::FetchRequests { from, digests } => self.on_fetch(from, digests),
-            Input::Status {
-                from,
-                view,
-                executed,
-            } => self.on_status(from, view, executed),
+            Input::Status { from, view, executed, stable } => self.on_status(from, view, executed, stable),
             Input::State { proof, state } => {
                 let seq = proof.first().map(|c| c.msg.seq).unwrap_or(0);
                 self.adopt_state(seq, proof, &state);
@@ -255,17 +256,42 @@ impl Replica {
         self.requests.len()
     }
 
+    /// One line on where this replica stands, for debugging.
+    pub fn debug_summary(&self) -> String {
+        let slots: Vec<String> = self
+            .slots
+            .iter()
+            .map(|(s, sl)| {
+                format!(
+                    "{s}:pp={} p={} c={} committed={}",
+                    sl.pre_prepare.is_some(),
+                    sl.prepares.len(),
+                    sl.commits.len(),
+                    sl.committed
+                )
+            })
+            .collect();
+        format!(
+            "view {} executed {} low {} next_seq {} requests {} queued {} waiting {:?} fetches {} slots [{}]",
+            self.view,
+            self.executed,
+            self.low,
+            self.next_seq,
+            self.requests.len(),
+            self.queued.len(),
+            self.waiting,
+            self.fetches.len(),
+            slots.join(" ")
+        )
+    }
+
     // --- helpers ---
 
     fn prepares_needed(&self) -> usize {
-        self.cfg
-            .unsafe_quorum_override
-            .map_or(self.q.prepares(), |(p, _)| p)
+        self.cfg.unsafe_quorum_override.map_or(self.q.prepares(), |(p, _)| p)
     }
     fn commits_needed(&self) -> usize {
-        self.cfg
-            .unsafe_quorum_override
-            .map_or(self.q.quorum(), |(_, c)| c)
+        self.cfg.unsafe_quorum_override.map_or(self.q.quorum(), |(_, c)| c)
     }
 
     fn in_window(&self, seq: u64) -> bool {
@@ -281,10 +307,7 @@ impl Replica {
     fn broadcast<T: WireMessage>(&mut self, msg: T) -> Signed<T> {
         let signed = Signed::seal(msg, &self.cfg.network, self.signer.as_ref());
         self.persist(signed.shared_bytes());
-        self.ready.messages.push(Outbound::Signed {
-            to: Target::All,
-            bytes: signed.shared_bytes(),
-        });
+        self.ready.messages.push(Outbound::Signed { to: Target::All, bytes: signed.shared_bytes() });
         signed
     }
 
@@ -292,28 +315,14 @@ impl Replica {
         if self.restoring {
             return;
         }
-        let reply = Reply {
-            view: self.view,
-            gateway: req.gateway,
-            number: req.number,
-            request: digest,
-            body,
-        };
+        let reply = Reply { view: self.view, gateway: req.gateway, number: req.number, request: digest, body };
         let signed = Signed::seal(reply, &self.cfg.network, self.signer.as_ref());
-        self.ready.replies.push(ReplyOut {
-            to: req.gateway,
-            request: digest,
-            bytes: signed.shared_bytes(),
-        });
+        self.ready.replies.push(ReplyOut { to: req.gateway, request: digest, bytes: signed.shared_bytes() });
     }
 
     fn note_equivocation(&mut self, replica: usize, first: Arc<[u8]>, second: Arc<[u8]>) {
         if first != second {
-            self.ready.notes.push(Note::Equivocation {
-                replica,
-                first,
-                second,
-            });
+            self.ready.notes.push(Note::Equivocation { replica, first, second });
         }
     }
 
@@ -324,51 +333,48 @@ impl Replica {
             return;
         }
         let digest = req.msg.digest();
-        if let Some(answer) = self.state.classify(&req.msg) {
-            // Ordered before (or out of window): answer at once, order nothing.
-            self.reply(&req.msg, digest, answer);
-            return;
+        // A request some pre-prepare names is needed whatever it turns out to
+        // be at execution (perhaps a duplicate): keep it.
+        let wanted = self.assigned.contains_key(&digest) || self.fetches.contains_key(&digest);
+        if !wanted && !self.restoring {
+            if let Some(answer) = self.state.classify(&req.msg) {
+                // Ordered before (or out of window): answer at once, order nothing.
+                self.reply(&req.msg, digest, answer);
+                return;
+            }
         }
         if self.requests.contains_key(&digest) {
             return;
         }
-        if self.requests.len() >= self.cfg.pending_max {
-            self.reply(
-                &req.msg,
-                digest,
-                ReplyBody::Rejected {
-                    reason: Rejection::Busy,
-                },
-            );
+        if !wanted && !self.restoring && self.requests.len() >= self.cfg.pending_max {
+            self.reply(&req.msg, digest, ReplyBody::Rejected { reason: Rejection::Busy });
             return;
         }
         if !self.restoring {
             self.ready.persist.push(Record::Request(req.shared_bytes()));
         }
         self.requests.insert(digest, req);
-        if self.fetches.remove(&digest).is_some() || !self.waiting.is_empty() {
+        if wanted {
+            self.fetches.remove(&digest);
             let waiting: Vec<u64> = self.waiting.iter().copied().collect();
             for seq in waiting {
                 self.check_slot(seq);
             }
-        }
-        if !self.assigned.contains_key(&digest) {
-            self.queued.insert(digest);
-            self.pending.push_back((digest, self.now));
+        } else if !self.restoring {
+            self.queue(digest);
         }
     }
 
+    fn queue(&mut self, digest: Digest) {
+        self.queued.insert(digest);
+        self.pending.push_back((digest, self.now));
+    }
+
     fn on_fetch(&mut self, from: usize, digests: Vec<Digest>) {
-        let found: Vec<Arc<[u8]>> = digests
-            .iter()
-            .filter_map(|d| self.requests.get(d))
-            .map(|r| r.shared_bytes())
-            .collect();
+        let found: Vec<Arc<[u8]>> =
+            digests.iter().filter_map(|d| self.requests.get(d)).map(|r| r.shared_bytes()).collect();
         for bytes in found {
-            self.ready.messages.push(Outbound::Signed {
-                to: Target::Replica(from),
-                bytes,
-            });
+            self.ready.messages.push(Outbound::Signed { to: Target::Replica(from), bytes });
         }
     }
 
@@ -381,10 +387,7 @@ impl Replica {
             }
         }
         if !fresh.is_empty() && ask != self.me && !self.restoring {
-            self.ready.messages.push(Outbound::FetchRequests {
-                to: ask,
-                digests: fresh,
-            });
+            self.ready.messages.push(Outbound::FetchRequests { to: ask, digests: fresh });
         }
     }
 
@@ -410,11 +413,7 @@ impl Replica {
 
     fn on_pre_prepare(&mut self, from: usize, pp: Signed<PrePrepare>) {
         let (view, seq) = (pp.msg.view, pp.msg.seq);
-        if view != self.view
-            || from != self.q.primary(view)
-            || !self.in_window(seq)
-            || seq <= self.executed
-        {
+        if view != self.view || from != self.q.primary(view) || !self.in_window(seq) || seq <= self.executed {
             return;
         }
         if pp.msg.requests.len() > self.cfg.batch_max {
@@ -445,11 +444,7 @@ impl Replica {
 
     fn on_prepare(&mut self, from: usize, p: Signed<Prepare>) {
         let (view, seq) = (p.msg.view, p.msg.seq);
-        if view != self.view
-            || from == self.q.primary(view)
-            || !self.in_window(seq)
-            || seq <= self.executed
-        {
+        if view != self.view || from == self.q.primary(view) || !self.in_window(seq) || seq <= self.executed {
             return;
         }
         let slot = self.slots.entry(seq).or_default();
@@ -497,12 +492,7 @@ impl Replica {
             return;
         };
         let Some(pp) = &slot.pre_prepare else { return };
-        if pp
-            .msg
-            .requests
-            .iter()
-            .any(|d| !self.requests.contains_key(d))
-        {
+        if pp.msg.requests.iter().any(|d| !self.requests.contains_key(d)) {
             self.waiting.insert(seq);
             return;
         }
@@ -515,12 +505,7 @@ impl Replica {
             slot.sent_prepare = true;
         }
         let slot = &self.slots[&seq];
-        let prepared = slot
-            .prepares
-            .values()
-            .filter(|p| p.msg.batch == batch)
-            .count()
-            >= prepares_needed;
+        let prepared = slot.prepares.values().filter(|p| p.msg.batch == batch).count() >= prepares_needed;
         if !prepared {
             return;
         }
@@ -531,14 +516,7 @@ impl Replica {
             slot.sent_commit = true;
         }
         let slot = self.slots.get_mut(&seq).expect("slot exists");
-        if !slot.committed
-            && slot
-                .commits
-                .values()
-                .filter(|c| c.msg.batch == batch)
-                .count()
-                >= commits_needed
-        {
+        if !slot.committed && slot.commits.values().filter(|c| c.msg.batch == batch).count() >= commits_needed {
             slot.committed = true;
             self.try_execute();
         }
@@ -551,25 +529,12 @@ impl Replica {
                 break;
             }
             let seq = self.executed + 1;
-            let view = slot.view;
-            let digests = slot
-                .pre_prepare
-                .as_ref()
-                .expect("committed slots have a pre-prepare")
-                .msg
-                .requests
-                .clone();
+            let (view, batch) = (slot.view, slot.batch);
+            let digests = slot.pre_prepare.as_ref().expect("committed slots have a pre-prepare").msg.requests.clone();
             let mut jobs = Vec::new();
             for (i, d) in digests.iter().enumerate() {
-                let req = self
-                    .requests
-                    .get(d)
-                    .expect("committed requests are present")
-                    .clone();
-                let job = JobId {
-                    seq,
-                    index: i as u32,
-                };
+                let req = self.requests.get(d).expect("committed requests are present").clone();
+                let job = JobId { seq, index: i as u32 };
                 let body = self.state.apply(job, &req.msg, d);
                 if matches!(body, ReplyBody::Accepted { .. }) {
                     jobs.push((job, req.clone()));
@@ -581,12 +546,9 @@ impl Replica {
             self.state.seq = seq;
             self.executed = seq;
             self.executed_requests.insert(seq, digests);
-            self.ready.execute.push(Batch { seq, view, jobs });
+            self.ready.execute.push(Batch { seq, view, batch, jobs });
             if seq % self.cfg.checkpoint_interval == 0 {
-                self.own_checkpoints.insert(
-                    seq,
-                    (self.state.digest(), self.state.encode().into(), false),
-                );
+                self.own_checkpoints.insert(seq, (self.state.digest(), self.state.encode().into(), false));
                 if self.acked >= seq {
                     self.send_checkpoints();
                 }
@@ -628,19 +590,9 @@ impl Replica {
                 }
             }
             let seq = self.next_seq;
-            let pp = Signed::seal(
-                PrePrepare {
-                    view: self.view,
-                    seq,
-                    requests,
-                },
-                &self.cfg.network,
-                self.signer.as_ref(),
-            );
-            self.ready.messages.push(Outbound::Signed {
-                to: Target::All,
-                bytes: pp.shared_bytes(),
-            });
+            let pp =
+                Signed::seal(PrePrepare { view: self.view, seq, requests }, &self.cfg.network, self.signer.as_ref());
+            self.ready.messages.push(Outbound::Signed { to: Target::All, bytes: pp.shared_bytes() });
             self.on_pre_prepare(self.me, pp);
         }
     }
@@ -697,12 +649,8 @@ impl Replica {
         // Bound memory: a replica's votes beyond one window above ours are
         // kept only for its highest few sequence numbers.
         let keep = self.cfg.window / self.cfg.checkpoint_interval + 2;
-        let mine: Vec<u64> = self
-            .checkpoint_votes
-            .iter()
-            .filter(|(_, v)| v.contains_key(&from))
-            .map(|(s, _)| *s)
-            .collect();
+        let mine: Vec<u64> =
+            self.checkpoint_votes.iter().filter(|(_, v)| v.contains_key(&from)).map(|(s, _)| *s).collect();
         if mine.len() as u64 > keep {
             for s in &mine[..mine.len() - keep as usize] {
                 if let Some(v) = self.checkpoint_votes.get_mut(s) {
@@ -721,10 +669,7 @@ impl Replica {
         for v in votes.values() {
             by_digest.entry(v.msg.state).or_default().push(v);
         }
-        let Some((digest, proof)) = by_digest
-            .into_iter()
-            .find(|(_, v)| v.len() >= self.q.quorum())
-        else {
+        let Some((digest, proof)) = by_digest.into_iter().find(|(_, v)| v.len() >= self.q.quorum()) else {
             return;
         };
         let proof: Vec<Signed<Checkpoint>> = proof.into_iter().cloned().collect();
@@ -736,10 +681,7 @@ impl Replica {
             Some(_) => self.ready.notes.push(Note::Diverged { seq }),
             None if self.executed < seq => {
                 // 2f + 1 are ahead of us: ask them for help (messages, or state).
-                let voters: Vec<usize> = proof
-                    .iter()
-                    .filter_map(|c| self.index.get(&c.signer).copied())
-                    .collect();
+                let voters: Vec<usize> = proof.iter().filter_map(|c| self.index.get(&c.signer).copied()).collect();
                 for v in voters {
                     self.ask_for_help(v);
                 }
@@ -768,11 +710,7 @@ impl Replica {
         self.assigned.retain(|_, s| *s > seq);
         self.next_seq = self.next_seq.max(seq + 1);
         let proof_bytes = proof.iter().map(|c| c.shared_bytes()).collect();
-        self.ready.persist.push(Record::Stable {
-            seq,
-            state: state.clone(),
-            proof: proof_bytes,
-        });
+        self.ready.persist.push(Record::Stable { seq, state: state.clone(), proof: proof_bytes });
         self.stable_proof = proof;
         self.stable_state = state;
     }
@@ -797,21 +735,14 @@ impl Replica {
             return false;
         }
         if seq > self.executed {
-            self.ready.skipped.push(Skipped {
-                from_seq: self.executed + 1,
-                to_seq: seq,
-            });
+            self.ready.skipped.push(Skipped { from_seq: self.executed + 1, to_seq: seq });
             self.ready.notes.push(Note::StateTransferred { seq });
         }
         // Requests the new state already ordered are not pending any more.
         let done: Vec<Digest> = self
             .queued
             .iter()
-            .filter(|d| {
-                self.requests
-                    .get(d)
-                    .is_some_and(|r| state.classify(&r.msg).is_some())
-            })
+            .filter(|d| self.requests.get(d).is_some_and(|r| state.classify(&r.msg).is_some()))
             .copied()
             .collect();
         for d in done {
@@ -822,14 +753,24 @@ impl Replica {
         self.executed = self.executed.max(seq);
         self.acked = self.acked.max(seq);
         self.make_stable(seq, proof, bytes.into());
+        // Slots above the adopted state may have committed meanwhile.
+        self.try_execute();
         true
     }
 
     // --- catching up ---
 
-    fn on_status(&mut self, from: usize, view: u64, executed: u64) {
+    fn on_status(&mut self, from: usize, view: u64, executed: u64, stable: u64) {
         if from == self.me || from >= self.q.n || view != self.view {
             return;
+        }
+        if stable < self.low && executed >= self.low && !self.stable_proof.is_empty() {
+            // It executed past our stable checkpoint but missed the CHECKPOINTs
+            // that make it stable: our proof carries them.
+            for c in &self.stable_proof {
+                let bytes = c.shared_bytes();
+                self.ready.messages.push(Outbound::Signed { to: Target::Replica(from), bytes });
+            }
         }
         if executed < self.executed {
             self.help(from, executed);
@@ -847,11 +788,12 @@ impl Replica {
             return;
         }
         self.asked_at.insert(to, self.now);
-        self.ready.messages.push(Outbound::Status {
-            to: Target::Replica(to),
-            view: self.view,
-            executed: self.executed,
-        });
+        self.send_status(Target::Replica(to));
+    }
+
+    fn send_status(&mut self, to: Target) {
+        let (view, executed, stable) = (self.view, self.executed, self.low);
+        self.ready.messages.push(Outbound::Status { to, view, executed, stable });
     }
 
     /// Sends a lagging replica what it needs for the next few slots: the
@@ -872,37 +814,20 @@ impl Replica {
             return;
         }
         let mut out = Vec::new();
-        for (_, slot) in self
-            .slots
-            .range(executed + 1..=executed + self.cfg.help_slots_max)
-        {
+        for (_, slot) in self.slots.range(executed + 1..=executed + self.cfg.help_slots_max) {
             let Some(pp) = &slot.pre_prepare else {
                 continue;
             };
-            out.extend(
-                pp.msg
-                    .requests
-                    .iter()
-                    .filter_map(|d| self.requests.get(d))
-                    .map(|r| r.shared_bytes()),
-            );
+            out.extend(pp.msg.requests.iter().filter_map(|d| self.requests.get(d)).map(|r| r.shared_bytes()));
             out.push(pp.shared_bytes());
             out.extend(slot.prepares.values().map(|p| p.shared_bytes()));
             out.extend(slot.commits.values().map(|c| c.shared_bytes()));
         }
-        if let Some(c) = self
-            .checkpoint_votes
-            .values()
-            .flat_map(|v| v.get(&self.me))
-            .next_back()
-        {
+        if let Some(c) = self.checkpoint_votes.values().flat_map(|v| v.get(&self.me)).next_back() {
             out.push(c.shared_bytes());
         }
         for bytes in out {
-            self.ready.messages.push(Outbound::Signed {
-                to: Target::Replica(to),
-                bytes,
-            });
+            self.ready.messages.push(Outbound::Signed { to: Target::Replica(to), bytes });
         }
     }
 
@@ -915,11 +840,8 @@ impl Replica {
         }
         if self.now >= self.last_status + self.cfg.status_interval_ms {
             self.last_status = self.now;
-            self.ready.messages.push(Outbound::Status {
-                to: Target::All,
-                view: self.view,
-                executed: self.executed,
-            });
+            self.send_status(Target::All);
+            self.retransmit();
         }
         // Ask another replica for requests still missing.
         let due: Vec<Digest> = self
@@ -940,9 +862,28 @@ impl Replica {
             by_peer.entry(peer).or_default().push(d);
         }
         for (to, digests) in by_peer {
-            self.ready
-                .messages
-                .push(Outbound::FetchRequests { to, digests });
+            self.ready.messages.push(Outbound::FetchRequests { to, digests });
+        }
+    }
+
+    /// Slots that stay uncommitted may lack messages somewhere (gossip lost
+    /// them): send ours again, point to point, since gossip would swallow
+    /// identical bytes as duplicates. The primary's pre-prepare is forwarded
+    /// too: it is signed, so anyone may relay it.
+    fn retransmit(&mut self) {
+        let mut out = Vec::new();
+        for (_, slot) in self.slots.range(self.executed + 1..=self.executed + self.cfg.help_slots_max) {
+            if slot.committed && slot.commits.len() == self.q.n {
+                continue;
+            }
+            out.extend(slot.pre_prepare.as_ref().map(|p| p.shared_bytes()));
+            out.extend(slot.prepares.get(&self.me).map(|p| p.shared_bytes()));
+            out.extend(slot.commits.get(&self.me).map(|c| c.shared_bytes()));
+        }
+        for bytes in out {
+            for to in (0..self.q.n).filter(|&i| i != self.me) {
+                self.ready.messages.push(Outbound::Signed { to: Target::Replica(to), bytes: bytes.clone() });
+            }
         }
     }
 

@@ -52,14 +52,10 @@ impl ReplicatedState {
             return Some(ReplyBody::Duplicate { job: *job });
         }
         if req.number <= w.floor {
-            return Some(ReplyBody::Rejected {
-                reason: Rejection::Stale,
-            });
+            return Some(ReplyBody::Rejected { reason: Rejection::Stale });
         }
         if req.number > w.floor + 2 * CLIENT_WINDOW {
-            return Some(ReplyBody::Rejected {
-                reason: Rejection::TooFarAhead,
-            });
+            return Some(ReplyBody::Rejected { reason: Rejection::TooFarAhead });
         }
         None
     }
@@ -90,10 +86,7 @@ impl ReplicatedState {
         self.jobs += 1;
         let seq = job.seq.to_be_bytes();
         let index = job.index.to_be_bytes();
-        self.log_head = Digest::of_parts(
-            b"pbft-ci/job-log",
-            &[&self.log_head.0, &seq, &index, &digest.0],
-        );
+        self.log_head = Digest::of_parts(b"pbft-ci/job-log", &[&self.log_head.0, &seq, &index, &digest.0]);
         ReplyBody::Accepted { job }
     }
 
@@ -124,11 +117,7 @@ mod tests {
             gateway: gw,
             number,
             delivery: delivery.map(str::to_string),
-            op: Operation::Run {
-                repo: "r".into(),
-                git_ref: "master".into(),
-                commit: None,
-            },
+            op: Operation::Run { repo: "r".into(), git_ref: "master".into(), commit: None },
         }
     }
 
@@ -138,18 +127,13 @@ mod tests {
         let mut s = ReplicatedState::default();
         for (i, n) in [3u64, 1, 2].into_iter().enumerate() {
             let r = req(gw, n, None);
-            let job = JobId {
-                seq: 1,
-                index: i as u32,
-            };
+            let job = JobId { seq: 1, index: i as u32 };
             assert_eq!(s.apply(job, &r, &r.digest()), ReplyBody::Accepted { job });
         }
         let again = req(gw, 1, None);
         assert_eq!(
             s.apply(JobId { seq: 2, index: 0 }, &again, &again.digest()),
-            ReplyBody::Duplicate {
-                job: JobId { seq: 1, index: 1 }
-            }
+            ReplyBody::Duplicate { job: JobId { seq: 1, index: 1 } }
         );
         assert_eq!(s.jobs, 3);
     }
@@ -162,10 +146,7 @@ mod tests {
         let job = JobId { seq: 1, index: 0 };
         s.apply(job, &first, &first.digest());
         let second = req(b, 7, Some("d-1"));
-        assert_eq!(
-            s.apply(JobId { seq: 2, index: 0 }, &second, &second.digest()),
-            ReplyBody::Duplicate { job }
-        );
+        assert_eq!(s.apply(JobId { seq: 2, index: 0 }, &second, &second.digest()), ReplyBody::Duplicate { job });
     }
 
     #[test]
@@ -175,29 +156,12 @@ mod tests {
         let top = req(gw, CLIENT_WINDOW + 10, None);
         s.apply(JobId { seq: 1, index: 0 }, &top, &top.digest());
         let old = req(gw, 5, None);
-        assert_eq!(
-            s.classify(&old),
-            Some(ReplyBody::Rejected {
-                reason: Rejection::Stale
-            })
-        );
+        assert_eq!(s.classify(&old), Some(ReplyBody::Rejected { reason: Rejection::Stale }));
         let far = req(gw, 10 * CLIENT_WINDOW, None);
-        assert_eq!(
-            s.classify(&far),
-            Some(ReplyBody::Rejected {
-                reason: Rejection::TooFarAhead
-            })
-        );
+        assert_eq!(s.classify(&far), Some(ReplyBody::Rejected { reason: Rejection::TooFarAhead }));
         let state_before = s.digest();
-        assert!(matches!(
-            s.apply(JobId { seq: 2, index: 0 }, &old, &old.digest()),
-            ReplyBody::Rejected { .. }
-        ));
-        assert_eq!(
-            s.digest(),
-            state_before,
-            "a rejected request changes nothing"
-        );
+        assert!(matches!(s.apply(JobId { seq: 2, index: 0 }, &old, &old.digest()), ReplyBody::Rejected { .. }));
+        assert_eq!(s.digest(), state_before, "a rejected request changes nothing");
     }
 
     #[test]

@@ -62,9 +62,7 @@ impl<'de> Deserialize<'de> for Digest {
                 f.write_str("32 bytes")
             }
             fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Digest, E> {
-                <[u8; 32]>::try_from(v)
-                    .map(Digest)
-                    .map_err(|_| E::invalid_length(v.len(), &self))
+                <[u8; 32]>::try_from(v).map(Digest).map_err(|_| E::invalid_length(v.len(), &self))
             }
         }
         d.deserialize_bytes(V)

@@ -1,0 +1,676 @@
+//! A deterministic simulator of a whole network: n replicas and a few
+//! gateways in memory, one seeded random stream, a simulated clock, and a
+//! network that drops, duplicates, reorders and delays messages; backups
+//! crash and restart from what they persisted. Checkers watch every step
+//! ([`checker`]). The same seed replays the same trace, so a failure is
+//! reproduced by its seed alone.
+//!
+//! Real signatures: every message is sealed and opened with ed25519, as in
+//! production (an opened message is cached by its bytes, as a driver verifies
+//! each message once).
+//!
+//! Faults are data ([`Faults`]); Byzantine behaviour is a wrapper around the
+//! outputs of a correct core ([`Byzantine`]), so new adversaries are added
+//! without touching the engine.
+
+pub mod checker;
+pub mod client;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use libp2p_identity::{Keypair, PeerId};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::Digest as _;
+
+use crate::membership::{Member, Membership};
+use crate::pbft::{Config, Input, Message, Millis, Outbound, Record, Replica, Target};
+use crate::wire::{Envelope, Kind, NetworkId, Reply, Request, Sha256, Signed};
+use checker::{Checker, Violation};
+use client::Client;
+
+/// What the network and the machines do wrong, until `heal_at_ms`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Probability a message is lost.
+    pub drop: f64,
+    /// Probability a message is delivered twice.
+    pub duplicate: f64,
+    /// Latency range; a wide range reorders messages.
+    pub latency_ms: (Millis, Millis),
+    /// Occasionally delay a message by this much more (0: never).
+    pub long_delay_ms: Millis,
+    /// Crash backups at random moments and restart them from their store.
+    pub crash_restart: bool,
+}
+
+/// The named fault classes the tests sweep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultClass {
+    Clean,
+    Drop,
+    Duplicate,
+    Reorder,
+    Delay,
+    CrashRestart,
+    Mixed,
+}
+
+impl FaultClass {
+    pub const ALL: [FaultClass; 7] = [
+        FaultClass::Clean,
+        FaultClass::Drop,
+        FaultClass::Duplicate,
+        FaultClass::Reorder,
+        FaultClass::Delay,
+        FaultClass::CrashRestart,
+        FaultClass::Mixed,
+    ];
+
+    pub fn faults(self) -> Faults {
+        let base = Faults { latency_ms: (1, 3), ..Faults::default() };
+        match self {
+            FaultClass::Clean => base,
+            FaultClass::Drop => Faults { drop: 0.15, ..base },
+            FaultClass::Duplicate => Faults { duplicate: 0.3, ..base },
+            FaultClass::Reorder => Faults { latency_ms: (1, 40), ..base },
+            FaultClass::Delay => Faults { long_delay_ms: 700, ..base },
+            FaultClass::CrashRestart => Faults { crash_restart: true, ..base },
+            FaultClass::Mixed => {
+                Faults { drop: 0.05, duplicate: 0.1, latency_ms: (1, 25), long_delay_ms: 300, crash_restart: true }
+            }
+        }
+    }
+}
+
+/// A replica that does not follow the protocol (at most f of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Byzantine {
+    /// Replica 0, primary of view 0, sends one pre-prepare to half the
+    /// backups and a different one for the same slot to the others.
+    EquivocatingPrimary,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub n: usize,
+    pub seed: u64,
+    pub requests: usize,
+    pub gateways: usize,
+    pub faults: Faults,
+    pub byzantine: Option<Byzantine>,
+    /// Test-only knob passed to every replica's config.
+    pub unsafe_quorum_override: Option<(usize, usize)>,
+    /// Requests are submitted before this time.
+    pub submit_until_ms: Millis,
+    /// Faults stop here; the network is then reliable and timely.
+    pub heal_at_ms: Millis,
+    pub end_ms: Millis,
+    /// Probability a request reuses an earlier delivery id (a redelivered
+    /// webhook, possibly through another gateway).
+    pub redeliver: f64,
+}
+
+impl SimConfig {
+    pub fn new(n: usize, seed: u64, class: FaultClass) -> SimConfig {
+        SimConfig {
+            n,
+            seed,
+            requests: 24,
+            gateways: 2,
+            faults: class.faults(),
+            byzantine: None,
+            unsafe_quorum_override: None,
+            submit_until_ms: 1_500,
+            heal_at_ms: 2_500,
+            end_ms: 6_000,
+            redeliver: 0.15,
+        }
+    }
+
+    /// The replica parameters: small batches, checkpoints and windows, so a
+    /// short run crosses several checkpoints and hits the watermarks.
+    pub fn replica_config(&self, network: NetworkId, replicas: Vec<PeerId>) -> Config {
+        let mut c = Config::new(network, replicas);
+        c.batch_max = 4;
+        c.batch_delay_ms = 2;
+        c.checkpoint_interval = 4;
+        c.window = 8;
+        c.status_interval_ms = 100;
+        c.fetch_retry_ms = 50;
+        c.help_slots_max = 8;
+        c.unsafe_quorum_override = self.unsafe_quorum_override;
+        c
+    }
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub violations: Vec<Violation>,
+    /// SHA-256 over every event delivered, in order.
+    pub trace_hash: String,
+    pub max_executed: u64,
+    pub jobs: usize,
+    pub events: u64,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// What the engine and the gateways share.
+pub struct Shared {
+    pub network: NetworkId,
+    pub membership: Arc<Membership>,
+}
+
+enum Payload {
+    Signed(Arc<[u8]>),
+    Fetch(Vec<crate::wire::Digest>),
+    Status { view: u64, executed: u64, stable: u64 },
+    State { proof: Vec<Arc<[u8]>>, state: Arc<[u8]> },
+}
+
+enum Event {
+    ToReplica { to: usize, from: usize, payload: Payload },
+    ToGateway { to: usize, bytes: Arc<[u8]> },
+    Wake { replica: usize, epoch: u64 },
+    Executed { replica: usize, epoch: u64, seq: u64 },
+    Submit { gateway: usize },
+    GatewayTick,
+    Crash { replica: usize },
+    Restart { replica: usize },
+}
+
+enum Opened {
+    Request(Signed<Request>),
+    Message(Message),
+    Reply(Signed<Reply>),
+    Bad,
+}
+
+struct Node {
+    key: Arc<Keypair>,
+    replica: Option<Replica>,
+    /// Bumped at each restart, so timers of a dead incarnation are ignored.
+    epoch: u64,
+    store: Vec<Record>,
+    wake_at: Option<Millis>,
+}
+
+pub struct Sim {
+    cfg: SimConfig,
+    rng: ChaCha8Rng,
+    now: Millis,
+    queue: BinaryHeap<Reverse<(Millis, u64)>>,
+    events: HashMap<u64, Event>,
+    next_event: u64,
+    shared: Shared,
+    nodes: Vec<Node>,
+    gateways: Vec<Client>,
+    gateway_index: HashMap<PeerId, usize>,
+    deliveries: Vec<String>,
+    opened: HashMap<usize, (Arc<[u8]>, Opened)>,
+    trace: Sha256,
+    events_run: u64,
+    pub checker: Checker,
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig) -> Sim {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let mut key = |tag: u8, i: usize| {
+            // Keys depend on the seed too: nothing is shared between runs.
+            let mut bytes: [u8; 32] = rng.random();
+            bytes[0] = tag;
+            bytes[1] = i as u8;
+            Keypair::ed25519_from_bytes(bytes).expect("32 bytes make a key")
+        };
+        let keys: Vec<Keypair> = (0..cfg.n).map(|i| key(1, i)).collect();
+        let gw_keys: Vec<Keypair> = (0..cfg.gateways).map(|i| key(2, i)).collect();
+        let member = |k: &Keypair| Member { peer_id: k.public().to_peer_id(), addr: None };
+        let membership = Membership::new(
+            "sim".into(),
+            keys.iter().map(member).collect(),
+            gw_keys.iter().map(member).collect(),
+            vec!["file:///".into()],
+        )
+        .expect("valid membership");
+        let shared = Shared { network: membership.network_id(), membership: Arc::new(membership) };
+        let gateways: Vec<Client> = gw_keys.into_iter().map(Client::new).collect();
+        let gateway_index = gateways.iter().enumerate().map(|(i, g)| (g.peer, i)).collect();
+        let mut sim = Sim {
+            rng,
+            now: 0,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            next_event: 0,
+            shared,
+            nodes: Vec::new(),
+            gateways,
+            gateway_index,
+            deliveries: Vec::new(),
+            opened: HashMap::new(),
+            trace: Sha256::new(),
+            events_run: 0,
+            checker: Checker::default(),
+            cfg,
+        };
+        for k in keys {
+            let key = Arc::new(k);
+            let replica = Replica::new(sim.replica_config(), key.clone(), sim.shared.membership.clone());
+            sim.nodes.push(Node { key, replica: Some(replica), epoch: 0, store: Vec::new(), wake_at: None });
+        }
+        for i in 0..sim.cfg.n {
+            sim.drive(i, Input::Tick);
+        }
+        for _ in 0..sim.cfg.requests {
+            let at = sim.rng.random_range(0..sim.cfg.submit_until_ms);
+            let gateway = sim.rng.random_range(0..sim.cfg.gateways);
+            sim.schedule(at, Event::Submit { gateway });
+        }
+        sim.schedule(0, Event::GatewayTick);
+        if sim.cfg.faults.crash_restart {
+            let crashes = sim.rng.random_range(1..=4);
+            for _ in 0..crashes {
+                let at = sim.rng.random_range(0..sim.cfg.heal_at_ms);
+                let replica = sim.rng.random_range(1..sim.cfg.n);
+                sim.schedule(at, Event::Crash { replica });
+            }
+        }
+        sim
+    }
+
+    fn replica_config(&self) -> Config {
+        self.cfg.replica_config(self.shared.network, self.shared.membership.replica_ids())
+    }
+
+    fn schedule(&mut self, at: Millis, e: Event) {
+        let id = self.next_event;
+        self.next_event += 1;
+        self.events.insert(id, e);
+        self.queue.push(Reverse((at, id)));
+    }
+
+    fn faulty(&self) -> bool {
+        self.now < self.cfg.heal_at_ms
+    }
+
+    fn is_byzantine(&self, replica: usize) -> bool {
+        self.cfg.byzantine.is_some() && replica == 0
+    }
+
+    /// Sends over the simulated network: drop, duplicate, delay.
+    fn send(&mut self, from: usize, to_replica: Option<usize>, to_gateway: Option<usize>, payload: Payload) {
+        let f = self.cfg.faults;
+        let faulty = self.faulty();
+        if faulty && f.drop > 0.0 && self.rng.random_bool(f.drop) {
+            return;
+        }
+        let copies = if faulty && f.duplicate > 0.0 && self.rng.random_bool(f.duplicate) { 2 } else { 1 };
+        let mut payload = Some(payload);
+        for c in 0..copies {
+            let (lo, hi) = if faulty { f.latency_ms } else { (1, 3) };
+            let mut delay = self.rng.random_range(lo..=hi);
+            if faulty && f.long_delay_ms > 0 && self.rng.random_bool(0.05) {
+                delay += f.long_delay_ms;
+            }
+            let p = if c + 1 == copies {
+                payload.take().expect("present")
+            } else {
+                clone_payload(payload.as_ref().expect("present"))
+            };
+            let at = self.now + delay;
+            match (to_replica, to_gateway, p) {
+                (Some(to), _, payload) => self.schedule(at, Event::ToReplica { to, from, payload }),
+                (None, Some(to), Payload::Signed(bytes)) => self.schedule(at, Event::ToGateway { to, bytes }),
+                _ => unreachable!("gateways receive signed replies only"),
+            }
+        }
+    }
+
+    /// Opens signed bytes once (a driver verifies each message once).
+    fn open(&mut self, bytes: &Arc<[u8]>) -> &Opened {
+        let key = Arc::as_ptr(bytes) as *const u8 as usize;
+        if !self.opened.contains_key(&key) {
+            if self.opened.len() > 200_000 {
+                self.opened.clear();
+            }
+            let m = self.shared.membership.as_ref();
+            let opened = match Envelope::open(bytes, &self.shared.network, m) {
+                Err(_) => Opened::Bad,
+                Ok(env) => match env.kind {
+                    Kind::Request => {
+                        Signed::from_envelope(env, bytes.clone()).map(Opened::Request).unwrap_or(Opened::Bad)
+                    }
+                    Kind::Reply => Signed::from_envelope(env, bytes.clone()).map(Opened::Reply).unwrap_or(Opened::Bad),
+                    _ => Message::from_envelope(env, bytes.clone()).map(Opened::Message).unwrap_or(Opened::Bad),
+                },
+            };
+            // Holding the Arc keeps the address from being reused.
+            self.opened.insert(key, (bytes.clone(), opened));
+        }
+        &self.opened[&key].1
+    }
+
+    /// Steps replica `i` and handles its Ready the way a driver must:
+    /// persist, then send, then execute.
+    fn drive(&mut self, i: usize, input: Input) {
+        let now = self.now;
+        let Some(replica) = self.nodes[i].replica.as_mut() else { return };
+        replica.step(now, input);
+        let ready = replica.take_ready();
+        self.nodes[i].store.extend(ready.persist);
+        let correct = !self.is_byzantine(i);
+        for out in ready.messages {
+            self.outbound(i, out, correct);
+        }
+        for r in ready.replies {
+            if let Some(&g) = self.gateway_index.get(&r.to) {
+                self.send(i, None, Some(g), Payload::Signed(r.bytes));
+            }
+        }
+        for s in ready.skipped {
+            if correct {
+                self.checker.skipped_to(i, s.to_seq);
+            }
+        }
+        for b in ready.execute {
+            if correct {
+                self.checker.executed(now, i, b.seq, b.batch);
+                for (job, req) in &b.jobs {
+                    self.checker.job(now, *job, req.msg.gateway, req.msg.number, req.msg.delivery.as_deref());
+                }
+            }
+            let epoch = self.nodes[i].epoch;
+            let lag = self.rng.random_range(0..3);
+            self.schedule(now + lag, Event::Executed { replica: i, epoch, seq: b.seq });
+        }
+        for note in ready.notes {
+            match note {
+                crate::pbft::Note::Equivocation { replica, .. } if !self.is_byzantine(replica) => {
+                    self.checker.other(now, format!("replica {i} caught correct replica {replica} equivocating"));
+                }
+                crate::pbft::Note::Diverged { seq } if correct => {
+                    self.checker.other(now, format!("replica {i} diverged from a certified state at {seq}"));
+                }
+                _ => {}
+            }
+        }
+        if let Some(at) = ready.wake_at {
+            let node = &mut self.nodes[i];
+            if node.wake_at.is_none_or(|w| at < w || w <= now) {
+                node.wake_at = Some(at);
+                let epoch = node.epoch;
+                self.schedule(at.max(now + 1), Event::Wake { replica: i, epoch });
+            }
+        }
+    }
+
+    fn outbound(&mut self, from: usize, out: Outbound, correct: bool) {
+        match out {
+            Outbound::Signed { to, bytes } => {
+                if correct {
+                    self.observe(from, &bytes);
+                }
+                let targets = self.targets(from, &to);
+                let equivocate = !correct
+                    && self.cfg.byzantine == Some(Byzantine::EquivocatingPrimary)
+                    && matches!(self.open(&bytes), Opened::Message(Message::PrePrepare(_)));
+                if equivocate {
+                    let other = self.forge_variant(from, &bytes);
+                    for t in targets {
+                        let b = if t <= self.cfg.n / 2 { bytes.clone() } else { other.clone() };
+                        self.send(from, Some(t), None, Payload::Signed(b));
+                    }
+                } else {
+                    for t in targets {
+                        self.send(from, Some(t), None, Payload::Signed(bytes.clone()));
+                    }
+                }
+            }
+            Outbound::FetchRequests { to, digests } => self.send(from, Some(to), None, Payload::Fetch(digests)),
+            Outbound::Status { to, view, executed, stable } => {
+                for t in self.targets(from, &to) {
+                    self.send(from, Some(t), None, Payload::Status { view, executed, stable });
+                }
+            }
+            Outbound::State { to, proof, state } => self.send(from, Some(to), None, Payload::State { proof, state }),
+        }
+    }
+
+    /// The equivocating primary's second pre-prepare for the same slot.
+    fn forge_variant(&mut self, from: usize, bytes: &Arc<[u8]>) -> Arc<[u8]> {
+        let Opened::Message(Message::PrePrepare(pp)) = self.open(bytes) else { unreachable!("checked") };
+        let mut msg = pp.msg.clone();
+        if msg.requests.len() >= 2 {
+            msg.requests.reverse();
+        } else {
+            msg.requests.clear();
+        }
+        Signed::seal(msg, &self.shared.network, self.nodes[from].key.as_ref()).shared_bytes()
+    }
+
+    /// Checkpoints sent by correct replicas must agree.
+    fn observe(&mut self, from: usize, bytes: &Arc<[u8]>) {
+        let now = self.now;
+        if let Opened::Message(Message::Checkpoint(c)) = self.open(bytes) {
+            let (seq, state) = (c.msg.seq, c.msg.state);
+            self.checker.checkpoint(now, from, seq, state);
+        }
+    }
+
+    fn targets(&self, from: usize, to: &Target) -> Vec<usize> {
+        match to {
+            Target::All => (0..self.cfg.n).filter(|&i| i != from).collect(),
+            Target::Replica(i) => vec![*i],
+        }
+    }
+
+    fn trace(&mut self, tag: u8, a: u64, b: u64, bytes: &[u8]) {
+        self.trace.update(self.now.to_be_bytes());
+        self.trace.update([tag]);
+        self.trace.update(a.to_be_bytes());
+        self.trace.update(b.to_be_bytes());
+        self.trace.update((bytes.len() as u64).to_be_bytes());
+        self.trace.update(bytes);
+    }
+
+    /// Runs to the end and checks liveness.
+    pub fn run(mut self) -> Report {
+        while let Some(Reverse((at, id))) = self.queue.pop() {
+            if at > self.cfg.end_ms {
+                break;
+            }
+            self.now = at;
+            let e = self.events.remove(&id).expect("scheduled");
+            self.events_run += 1;
+            self.handle(e);
+        }
+        self.check_liveness();
+        Report {
+            seed: self.cfg.seed,
+            max_executed: self.checker.max_executed(),
+            jobs: self.checker.jobs(),
+            events: self.events_run,
+            trace_hash: hex::encode(self.trace.clone().finalize()),
+            violations: std::mem::take(&mut self.checker.violations),
+        }
+    }
+
+    fn handle(&mut self, e: Event) {
+        match e {
+            Event::ToReplica { to, from, payload } => {
+                if self.nodes[to].replica.is_none() {
+                    return;
+                }
+                match payload {
+                    Payload::Signed(bytes) => {
+                        self.trace(1, to as u64, from as u64, &bytes);
+                        let input = match self.open(&bytes) {
+                            Opened::Request(r) => Input::Request(r.clone()),
+                            Opened::Message(m) => Input::Message(m.clone()),
+                            _ => return,
+                        };
+                        // The driver's membership check: requests come from gateways.
+                        if matches!(&input, Input::Request(r) if !self.gateway_index.contains_key(&r.signer)) {
+                            return;
+                        }
+                        self.drive(to, input);
+                    }
+                    Payload::Fetch(digests) => {
+                        self.trace(2, to as u64, from as u64, &[]);
+                        self.drive(to, Input::FetchRequests { from, digests });
+                    }
+                    Payload::Status { view, executed, stable } => {
+                        self.trace(3, to as u64, from as u64, &executed.to_be_bytes());
+                        self.drive(to, Input::Status { from, view, executed, stable });
+                    }
+                    Payload::State { proof, state } => {
+                        self.trace(4, to as u64, from as u64, &state);
+                        let m = self.shared.membership.clone();
+                        let proof = proof
+                            .iter()
+                            .filter_map(|b| Signed::open(b, &self.shared.network, m.as_ref()).ok())
+                            .collect();
+                        self.drive(to, Input::State { proof, state: state.to_vec() });
+                    }
+                }
+            }
+            Event::ToGateway { to, bytes } => {
+                self.trace(5, to as u64, 0, &bytes);
+                let weak = self.shared.membership.quorum().weak();
+                let Opened::Reply(r) = self.open(&bytes) else { return };
+                let (signer, reply) = (r.signer, r.msg.clone());
+                let Some(replica) = self.shared.membership.replica_index(&signer) else { return };
+                if let Some(complaint) = self.gateways[to].on_reply(weak, replica, &reply) {
+                    if !self.is_byzantine(replica) {
+                        self.checker.other(self.now, complaint);
+                    }
+                }
+            }
+            Event::Wake { replica, epoch } => {
+                if self.nodes[replica].epoch == epoch {
+                    self.trace(6, replica as u64, 0, &[]);
+                    self.nodes[replica].wake_at = None;
+                    self.drive(replica, Input::Tick);
+                }
+            }
+            Event::Executed { replica, epoch, seq } => {
+                if self.nodes[replica].epoch == epoch {
+                    self.drive(replica, Input::Executed { seq });
+                }
+            }
+            Event::Submit { gateway } => {
+                let delivery = if !self.deliveries.is_empty() && self.rng.random_bool(self.cfg.redeliver) {
+                    let k = self.rng.random_range(0..self.deliveries.len());
+                    Some(self.deliveries[k].clone())
+                } else {
+                    let d = format!("delivery-{}", self.deliveries.len());
+                    self.deliveries.push(d.clone());
+                    Some(d)
+                };
+                let bytes = self.gateways[gateway].submit(&self.shared, self.now, delivery);
+                self.trace(7, gateway as u64, 0, &bytes);
+                for r in 0..self.cfg.n {
+                    self.send(r, Some(r), None, Payload::Signed(bytes.clone()));
+                }
+            }
+            Event::GatewayTick => {
+                for g in 0..self.gateways.len() {
+                    for bytes in self.gateways[g].due(self.now, 300) {
+                        for r in 0..self.cfg.n {
+                            self.send(r, Some(r), None, Payload::Signed(bytes.clone()));
+                        }
+                    }
+                }
+                self.schedule(self.now + 50, Event::GatewayTick);
+            }
+            Event::Crash { replica } => {
+                let down = self.nodes.iter().filter(|n| n.replica.is_none()).count();
+                if self.nodes[replica].replica.is_none() || down >= self.shared.membership.quorum().f {
+                    return;
+                }
+                self.trace(8, replica as u64, 0, &[]);
+                self.nodes[replica].replica = None;
+                self.nodes[replica].epoch += 1;
+                self.nodes[replica].wake_at = None;
+                let back = self.now + self.rng.random_range(50..600);
+                self.schedule(back, Event::Restart { replica });
+            }
+            Event::Restart { replica } => {
+                self.trace(9, replica as u64, 0, &[]);
+                let node = &self.nodes[replica];
+                let restored = Replica::restore(
+                    self.replica_config(),
+                    node.key.clone(),
+                    self.shared.membership.clone(),
+                    self.now,
+                    node.store.clone(),
+                );
+                match restored {
+                    Ok(r) => {
+                        self.nodes[replica].replica = Some(r);
+                        // The restored replica's Ready holds the replay's output.
+                        self.drive(replica, Input::Tick);
+                    }
+                    Err(e) => self.checker.other(self.now, format!("replica {replica} failed to restore: {e}")),
+                }
+            }
+        }
+    }
+
+    fn check_liveness(&mut self) {
+        let now = self.now;
+        if self.cfg.byzantine.is_some() {
+            return;
+        }
+        let pending: usize = self.gateways.iter().map(|g| g.outstanding.len()).sum();
+        if pending > 0 {
+            self.checker.liveness(now, format!("{pending} requests never got f + 1 accepted replies"));
+        }
+        let max = self.checker.max_executed();
+        if std::env::var("SIM_DEBUG").is_ok() {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if let Some(r) = &node.replica {
+                    eprintln!("replica {i}: {}", r.debug_summary());
+                }
+            }
+        }
+        for i in 0..self.cfg.n {
+            if let Some(r) = &self.nodes[i].replica {
+                if r.last_executed() < max {
+                    let what = format!("replica {i} stopped at seq {} of {max}", r.last_executed());
+                    self.checker.liveness(now, what);
+                }
+            }
+        }
+    }
+}
+
+fn clone_payload(p: &Payload) -> Payload {
+    match p {
+        Payload::Signed(b) => Payload::Signed(b.clone()),
+        Payload::Fetch(d) => Payload::Fetch(d.clone()),
+        Payload::Status { view, executed, stable } => {
+            Payload::Status { view: *view, executed: *executed, stable: *stable }
+        }
+        Payload::State { proof, state } => Payload::State { proof: proof.clone(), state: state.clone() },
+    }
+}
+
+/// Runs one seed.
+pub fn run(cfg: SimConfig) -> Report {
+    Sim::new(cfg).run()
+}
+
+/// Runs `seeds` seeds of one class and returns the failing reports.
+pub fn sweep(n: usize, class: FaultClass, seeds: std::ops::Range<u64>) -> Vec<Report> {
+    seeds.map(|seed| run(SimConfig::new(n, seed, class))).filter(|r| !r.ok()).collect()
+}
