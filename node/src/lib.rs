@@ -3,6 +3,7 @@
 //! - [`wire`]: message types, CBOR encoding, signed envelopes, digests,
 //!   certificates, size bounds. Formats only.
 //! - [`membership`]: the membership file: who counts, the network id.
+//! - [`keys`]: identity keys on disk (ed25519, libp2p's encoding).
 //! - [`pbft`]: the consensus core, a deterministic sans-IO state machine.
 //! - [`sim`]: a deterministic simulator of a whole network around the core,
 //!   with fault injection and checkers (tests and the soak command use it).
@@ -10,6 +11,7 @@
 //! The libp2p driver (`net`), the job runner (`ci`) and the durable store
 //! (`store`) are callers of the core and arrive in their own modules.
 
+pub mod keys;
 pub mod membership;
 pub mod pbft;
 pub mod sim;
