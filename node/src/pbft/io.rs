@@ -137,6 +137,9 @@ pub struct Batch {
     pub view: u64,
     /// The batch digest that committed.
     pub batch: Digest,
+    /// Every request the batch names, in order (jobs or not): the store may
+    /// forget their records once the batch is below a stable checkpoint.
+    pub requests: Vec<Digest>,
     /// The requests ordered as new jobs (duplicates and rejections excluded).
     pub jobs: Vec<(JobId, Signed<Request>)>,
 }

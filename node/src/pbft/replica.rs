@@ -545,8 +545,8 @@ impl Replica {
             }
             self.state.seq = seq;
             self.executed = seq;
-            self.executed_requests.insert(seq, digests);
-            self.ready.execute.push(Batch { seq, view, batch, jobs });
+            self.executed_requests.insert(seq, digests.clone());
+            self.ready.execute.push(Batch { seq, view, batch, requests: digests, jobs });
             if seq % self.cfg.checkpoint_interval == 0 {
                 self.own_checkpoints.insert(seq, (self.state.digest(), self.state.encode().into(), false));
                 if self.acked >= seq {

@@ -203,9 +203,10 @@ mod tests {
         let mut messages: Vec<Vec<u8>> = sealed_samples(&net).into_iter().map(|(_, bytes)| bytes).collect();
         messages.push(encode(&PeerRequest::Requests(vec![digest(1), digest(2)])));
         messages.push(encode(&PeerRequest::Deliver(vec![SignedBytes(messages[0].clone())])));
-        messages.push(encode(&PeerRequest::State { seq: 64 }));
+        messages.push(encode(&PeerRequest::State { proof: vec![SignedBytes(vec![1, 2])], state: vec![3] }));
+        messages.push(encode(&PeerRequest::Status { view: 1, executed: 70, stable: 64 }));
         messages.push(encode(&PeerRequest::Replies { request: digest(3) }));
-        messages.push(encode(&PeerResponse::State { seq: 64, state: vec![1, 2, 3] }));
+        messages.push(encode(&PeerResponse::Replies(vec![SignedBytes(vec![1, 2, 3])])));
         for bytes in &messages {
             for len in 0..bytes.len() {
                 let cut = &bytes[..len];

@@ -382,39 +382,44 @@ impl WireMessage for NewView {
 }
 
 /// Request-response between peers (not signed as a whole: what it carries is).
+/// Point-to-point exchanges between peers (libp2p request-response). Not
+/// signed as a whole: the transport authenticates the peer, and what must be
+/// re-verifiable inside is signed on its own.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum PeerRequest {
-    /// Send me these requests (by digest).
+    /// Send me these requests (by digest); they come back as `Deliver`.
     Requests(Vec<Digest>),
-    /// Retransmission: these signed messages are for you.
+    /// Signed messages for you: retransmissions, fetched requests, help.
     Deliver(Vec<SignedBytes>),
-    /// Send me the replicated state at stable checkpoint `seq`.
-    State { seq: u64 },
-    /// Send me the signed replies for this request.
+    /// How far I got: my view, last executed seq and stable checkpoint.
+    Status { view: u64, executed: u64, stable: u64 },
+    /// State transfer: a stable checkpoint's state (canonical encoding) and
+    /// the 2f + 1 signed CHECKPOINTs of its digest.
+    State {
+        proof: Vec<SignedBytes>,
+        #[serde(with = "serde_bytes")]
+        state: Vec<u8>,
+    },
+    /// Send me the signed replies you hold for this request.
     Replies { request: Digest },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum PeerResponse {
-    Requests(Vec<SignedBytes>),
     Ack,
-    /// The state's canonical encoding (checked against the checkpoint digest).
-    State {
-        seq: u64,
-        #[serde(with = "serde_bytes")]
-        state: Vec<u8>,
-    },
     Replies(Vec<SignedBytes>),
-    Unavailable,
+    /// The request was refused (not a member, malformed, over a bound).
+    Refused(String),
 }
 
 impl PeerRequest {
     pub fn check(&self) -> Result<(), &'static str> {
         match self {
             PeerRequest::Requests(d) if d.len() > BATCH_REQUESTS_MAX => Err("too many digests"),
-            PeerRequest::Deliver(m) if m.len() > BATCH_REQUESTS_MAX => Err("too many messages"),
+            PeerRequest::Deliver(m) if m.len() > 4 * BATCH_REQUESTS_MAX => Err("too many messages"),
+            PeerRequest::State { proof, .. } if proof.len() > REPLICAS_MAX => Err("proof too long"),
             _ => Ok(()),
         }
     }
@@ -610,9 +615,11 @@ mod tests {
     fn peer_requests_over_the_batch_bound_fail_their_check() {
         let many = vec![digest(1); BATCH_REQUESTS_MAX + 1];
         assert!(PeerRequest::Requests(many).check().is_err());
-        let many = vec![SignedBytes(vec![]); BATCH_REQUESTS_MAX + 1];
+        let many = vec![SignedBytes(vec![]); 4 * BATCH_REQUESTS_MAX + 1];
         assert!(PeerRequest::Deliver(many).check().is_err());
         assert!(PeerRequest::Requests(vec![digest(1); BATCH_REQUESTS_MAX]).check().is_ok());
-        assert!(PeerRequest::State { seq: 3 }.check().is_ok());
+        let long_proof = vec![SignedBytes(vec![]); REPLICAS_MAX + 1];
+        assert!(PeerRequest::State { proof: long_proof, state: vec![] }.check().is_err());
+        assert!(PeerRequest::State { proof: vec![], state: vec![] }.check().is_ok());
     }
 }
