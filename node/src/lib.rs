@@ -11,8 +11,14 @@
 //! The libp2p driver (`net`), the job runner (`ci`) and the durable store
 //! (`store`) are callers of the core and arrive in their own modules.
 
+// The MSRV is 1.88 (libp2p 0.57), where clippy prefers `is_multiple_of`
+// (stable since 1.87) to the `%` tests written for 1.85; until they are
+// rewritten, the lint stays off.
+#![allow(clippy::manual_is_multiple_of)]
+
 pub mod keys;
 pub mod membership;
+pub mod net;
 pub mod pbft;
 pub mod sim;
 pub mod wire;

@@ -1,0 +1,127 @@
+//! The one composed libp2p behaviour and its parameters.
+
+use std::time::Duration;
+
+use libp2p::gossipsub::{
+    self, IdentTopic, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicScoreParams, ValidationMode,
+};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{identify, kad, mdns, StreamProtocol};
+use libp2p_identity::Keypair;
+
+use super::topics::Channel;
+use crate::pbft::state::STATE_BYTES_MAX;
+use crate::wire::{limits, Digest, NetworkId, PeerRequest, PeerResponse};
+
+/// Gossipsub refuses to send (and a receiver drops the stream for good on)
+/// any frame over this; our own bound on an envelope is enforced before
+/// publishing and stays well below it.
+pub const GOSSIP_TRANSMIT_BYTES_MAX: usize = 2 * limits::ENVELOPE_BYTES_MAX;
+/// A state transfer carries the whole replicated state.
+const PEER_REQUEST_BYTES_MAX: u64 = (STATE_BYTES_MAX + 2 * limits::ENVELOPE_BYTES_MAX) as u64;
+const PEER_RESPONSE_BYTES_MAX: u64 = (4 * limits::ENVELOPE_BYTES_MAX) as u64;
+
+#[derive(NetworkBehaviour)]
+pub(super) struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub identify: identify::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub peers: request_response::cbor::Behaviour<PeerRequest, PeerResponse>,
+}
+
+/// Protocol names carry the network id: peers of another network fail to
+/// negotiate instead of mixing in.
+pub(super) fn protocol_version(network: &NetworkId) -> String {
+    format!("/pbft-ci/{}/1", network.short())
+}
+
+impl Behaviour {
+    pub fn new(key: &Keypair, network: &NetworkId, mdns: bool) -> Result<Behaviour, String> {
+        let peer_id = key.public().to_peer_id();
+        let net = network.short();
+
+        // Content-addressed ids: one signed envelope is one gossip message,
+        // whoever publishes it. (So re-publishing the same bytes is swallowed
+        // by the duplicate cache: retransmission goes point to point.)
+        let message_id = |m: &gossipsub::Message| {
+            gossipsub::MessageId::from(Digest::of_parts(b"pbft-ci/gossip-id", &[&m.data]).0[..20].to_vec())
+        };
+        let config = gossipsub::ConfigBuilder::default()
+            .validation_mode(ValidationMode::Strict)
+            .validate_messages()
+            .message_id_fn(message_id)
+            .max_transmit_size(GOSSIP_TRANSMIT_BYTES_MAX)
+            // Sized for networks of a handful to a few dozen peers.
+            .mesh_n_low(2)
+            .mesh_n(3)
+            .mesh_n_high(6)
+            .mesh_outbound_min(1)
+            .gossip_lazy(3)
+            .heartbeat_interval(Duration::from_millis(700))
+            .flood_publish(true)
+            .build()
+            .map_err(|e| format!("gossipsub config: {e}"))?;
+        let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)?;
+        gossipsub.with_peer_score(score_params(network), PeerScoreThresholds::default())?;
+
+        let kad_protocol = StreamProtocol::try_from_owned(format!("/pbft-ci/{net}/kad/1"))
+            .map_err(|e| format!("kad protocol name: {e}"))?;
+        let mut kad_config = kad::Config::new(kad_protocol);
+        kad_config.set_query_timeout(Duration::from_secs(10));
+        let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        kad.set_mode(Some(kad::Mode::Server));
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(protocol_version(network), key.public())
+                .with_agent_version(format!("pbft-node/{}", env!("CARGO_PKG_VERSION")))
+                .with_push_listen_addr_updates(true),
+        );
+
+        let mdns = if mdns {
+            Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id).map_err(|e| format!("mDNS: {e}"))?)
+        } else {
+            None
+        };
+
+        let peer_protocol = StreamProtocol::try_from_owned(format!("/pbft-ci/{net}/peer/1"))
+            .map_err(|e| format!("peer protocol name: {e}"))?;
+        let codec = request_response::cbor::codec::Codec::default()
+            .set_request_size_maximum(PEER_REQUEST_BYTES_MAX)
+            .set_response_size_maximum(PEER_RESPONSE_BYTES_MAX);
+        let peers = request_response::Behaviour::with_codec(
+            codec,
+            [(peer_protocol, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(30))
+                .with_max_concurrent_streams(1024),
+        );
+
+        Ok(Behaviour { gossipsub, kad, identify, mdns: mdns.into(), peers })
+    }
+}
+
+/// Peer scoring for one purpose: a peer that forwards a message our
+/// validation rejects drops below the graylist threshold at once (and is
+/// ignored until the penalty decays). Delivery-rate terms are off: a quiet CI
+/// network must not look like a network of lazy peers, and every test and
+/// testnet puts all peers on one IP address.
+fn score_params(network: &NetworkId) -> PeerScoreParams {
+    let mut params = PeerScoreParams { ip_colocation_factor_weight: 0.0, ..PeerScoreParams::default() };
+    for channel in Channel::ALL {
+        let topic = TopicScoreParams {
+            topic_weight: 1.0,
+            time_in_mesh_weight: 0.0,
+            first_message_deliveries_weight: 0.0,
+            mesh_message_deliveries_weight: 0.0,
+            mesh_failure_penalty_weight: 0.0,
+            invalid_message_deliveries_weight: -100.0,
+            invalid_message_deliveries_decay: 0.5,
+            ..TopicScoreParams::default()
+        };
+        params.topics.insert(IdentTopic::new(channel.topic(network)).hash(), topic);
+    }
+    params
+}

@@ -1,0 +1,179 @@
+//! What may enter from the network: every signed message is opened here, once,
+//! before gossipsub forwards it or the driver sees it. Bytes that do not
+//! decode, are over a bound, belong to another network, carry a bad signature,
+//! or come from a member in the wrong role (a request not from a gateway, a
+//! protocol message or a reply not from a replica) are refused; gossipsub then
+//! rejects the message, penalises the peer that forwarded it and never passes
+//! it on.
+
+use std::sync::Arc;
+
+use super::topics::Channel;
+use crate::membership::Membership;
+use crate::pbft::Message;
+use crate::wire::{limits, Envelope, Kind, OpenError, Reply, Request, Signed};
+
+/// A signed message that passed every check.
+#[derive(Clone, Debug)]
+pub enum Opened {
+    Request(Signed<Request>),
+    Message(Message),
+    Reply(Signed<Reply>),
+}
+
+impl Opened {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Opened::Request(_) => "request",
+            Opened::Reply(_) => "reply",
+            Opened::Message(_) => "protocol message",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error("{len} bytes, over the bound of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("a {kind:?} message on the {channel:?} topic")]
+    WrongTopic { kind: Kind, channel: Channel },
+    #[error("a {kind:?} message signed by {signer}, who is not a {role}")]
+    WrongRole { kind: Kind, signer: String, role: &'static str },
+    #[error("a request signed by {signer} in the name of gateway {named}")]
+    NotOwnRequest { signer: String, named: String },
+}
+
+/// Opens `bytes` as a signed message of `membership`'s network. `channel`:
+/// the topic it came on, if it came by gossip.
+pub fn open(bytes: &[u8], channel: Option<Channel>, membership: &Membership) -> Result<Opened, Invalid> {
+    if bytes.len() > limits::ENVELOPE_BYTES_MAX {
+        return Err(Invalid::TooLarge { len: bytes.len(), max: limits::ENVELOPE_BYTES_MAX });
+    }
+    let env = Envelope::open(bytes, &membership.network_id(), membership)?;
+    let kind = env.kind;
+    if let Some(channel) = channel {
+        if Channel::of(kind) != channel {
+            return Err(Invalid::WrongTopic { kind, channel });
+        }
+    }
+    let signer = env.signer;
+    let wrong_role = |role| Invalid::WrongRole { kind, signer: signer.to_string(), role };
+    let shared: Arc<[u8]> = bytes.into();
+    match kind {
+        Kind::Request => {
+            if !membership.is_gateway_peer(&signer) {
+                return Err(wrong_role("gateway"));
+            }
+            let req = Signed::<Request>::from_envelope(env, shared)?;
+            // A gateway's de-duplication window is its own: no one else may
+            // spend its request numbers.
+            if req.msg.gateway != signer {
+                return Err(Invalid::NotOwnRequest { signer: signer.to_string(), named: req.msg.gateway.to_string() });
+            }
+            Ok(Opened::Request(req))
+        }
+        Kind::Reply => {
+            if membership.replica_index(&signer).is_none() {
+                return Err(wrong_role("replica"));
+            }
+            Ok(Opened::Reply(Signed::from_envelope(env, shared)?))
+        }
+        _ => {
+            if membership.replica_index(&signer).is_none() {
+                return Err(wrong_role("replica"));
+            }
+            Ok(Opened::Message(Message::from_envelope(env, shared)?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p_identity::Keypair;
+
+    use super::*;
+    use crate::membership::Member;
+    use crate::wire::{Digest, Operation, Prepare, ReplyBody};
+
+    struct Net {
+        replicas: Vec<Keypair>,
+        gateway: Keypair,
+        members: Membership,
+    }
+
+    fn net() -> Net {
+        let replicas: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
+        let gateway = Keypair::generate_ed25519();
+        let m = |k: &Keypair| Member { peer_id: k.public().to_peer_id(), addr: None };
+        let members = Membership::new("t".into(), replicas.iter().map(m).collect(), vec![m(&gateway)], vec![]).unwrap();
+        Net { replicas, gateway, members }
+    }
+
+    fn request(n: &Net, by: &Keypair) -> Vec<u8> {
+        let req = Request {
+            gateway: by.public().to_peer_id(),
+            number: 1,
+            delivery: None,
+            op: Operation::Run { repo: "file:///r".into(), git_ref: "master".into(), commit: None },
+        };
+        Signed::seal(req, &n.members.network_id(), by).bytes().to_vec()
+    }
+
+    fn prepare(n: &Net, by: &Keypair) -> Vec<u8> {
+        let p = Prepare { view: 0, seq: 1, batch: Digest([7; 32]) };
+        Signed::seal(p, &n.members.network_id(), by).bytes().to_vec()
+    }
+
+    #[test]
+    fn members_in_their_roles_are_accepted() {
+        let n = net();
+        assert!(matches!(open(&request(&n, &n.gateway), Some(Channel::Requests), &n.members), Ok(Opened::Request(_))));
+        assert!(matches!(
+            open(&prepare(&n, &n.replicas[1]), Some(Channel::Consensus), &n.members),
+            Ok(Opened::Message(_))
+        ));
+        let reply = Reply {
+            view: 0,
+            gateway: n.gateway.public().to_peer_id(),
+            number: 1,
+            request: Digest([1; 32]),
+            body: ReplyBody::Accepted { job: crate::wire::JobId { seq: 1, index: 0 } },
+        };
+        let bytes = Signed::seal(reply, &n.members.network_id(), &n.replicas[2]).bytes().to_vec();
+        assert!(matches!(open(&bytes, Some(Channel::Replies), &n.members), Ok(Opened::Reply(_))));
+        assert!(matches!(open(&bytes, None, &n.members), Ok(Opened::Reply(_))));
+    }
+
+    #[test]
+    fn wrong_roles_topics_and_outsiders_are_refused() {
+        let n = net();
+        let outsider = Keypair::generate_ed25519();
+        let cases = [
+            (request(&n, &n.replicas[0]), Channel::Requests),
+            (prepare(&n, &n.gateway), Channel::Consensus),
+            (prepare(&n, &n.replicas[0]), Channel::Requests),
+            (prepare(&n, &outsider), Channel::Consensus),
+            (request(&n, &outsider), Channel::Requests),
+            (b"garbage".to_vec(), Channel::Consensus),
+            (vec![0; limits::ENVELOPE_BYTES_MAX + 1], Channel::Consensus),
+        ];
+        for (bytes, channel) in cases {
+            assert!(open(&bytes, Some(channel), &n.members).is_err());
+        }
+    }
+
+    #[test]
+    fn a_request_in_another_gateways_name_is_refused() {
+        let n = net();
+        let req = Request {
+            gateway: n.replicas[0].public().to_peer_id(),
+            number: 1,
+            delivery: None,
+            op: Operation::Cancel { job: crate::wire::JobId { seq: 1, index: 0 } },
+        };
+        let bytes = Signed::seal(req, &n.members.network_id(), &n.gateway).bytes().to_vec();
+        assert!(matches!(open(&bytes, None, &n.members), Err(Invalid::NotOwnRequest { .. })));
+    }
+}
