@@ -7,6 +7,7 @@
 //! - [`pbft`]: the consensus core, a deterministic sans-IO state machine.
 //! - [`sim`]: a deterministic simulator of a whole network around the core,
 //!   with fault injection and checkers (tests and the soak command use it).
+//! - [`store`]: durable state on disk (redb): what the core persists, the job log, signed results.
 //!
 //! The libp2p driver (`net`), the job runner (`ci`) and the durable store
 //! (`store`) are callers of the core and arrive in their own modules.
@@ -21,4 +22,5 @@ pub mod membership;
 pub mod net;
 pub mod pbft;
 pub mod sim;
+pub mod store;
 pub mod wire;
