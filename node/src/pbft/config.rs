@@ -25,6 +25,9 @@ pub struct Config {
     pub status_interval_ms: Millis,
     /// How long before asking another replica for a missing request.
     pub fetch_retry_ms: Millis,
+    /// How long a request may wait for ordering before the backups replace
+    /// the primary; doubles with each view that fails in a row.
+    pub view_change_timeout_ms: Millis,
     /// Slots one answer to a lagging replica's status carries.
     pub help_slots_max: u64,
     /// **Test-only**: (prepares, commits) that make a slot prepared and
@@ -46,6 +49,7 @@ impl Config {
             status_interval_ms: 500,
             fetch_retry_ms: 200,
             help_slots_max: 16,
+            view_change_timeout_ms: 2_000,
             unsafe_quorum_override: None,
         }
     }

@@ -13,7 +13,7 @@ use libp2p_identity::PeerId;
 
 use crate::wire::{
     Checkpoint, Commit, Digest, Envelope, JobId, Kind, NetworkId, NewView, OpenError, PrePrepare, Prepare, Request,
-    Signed, Verifier, ViewChange,
+    Signed, Status, Verifier, ViewChange,
 };
 
 /// Milliseconds on the driver's monotonic clock (simulated in tests).
@@ -83,9 +83,8 @@ pub enum Input {
     Message(Message),
     /// Replica `from` asks for these requests by digest.
     FetchRequests { from: usize, digests: Vec<Digest> },
-    /// Replica `from` reports how far it got (last executed seq, stable
-    /// checkpoint); the answer helps it catch up.
-    Status { from: usize, view: u64, executed: u64, stable: u64 },
+    /// Replica `from` reports how far it got; the answer helps it catch up.
+    Status { from: usize, status: Status },
     /// A stable checkpoint's state, offered by a peer for state transfer:
     /// accepted only if `proof` holds 2f + 1 signed CHECKPOINTs of its digest.
     State { proof: Vec<Signed<Checkpoint>>, state: Vec<u8> },
@@ -113,7 +112,7 @@ pub enum Outbound {
     FetchRequests { to: usize, digests: Vec<Digest> },
     /// Tell `to` how far this replica got (unsigned; the transport
     /// authenticates the peer).
-    Status { to: Target, view: u64, executed: u64, stable: u64 },
+    Status { to: Target, status: Status },
     /// State transfer: a stable checkpoint's proof and state for `to`.
     State { to: usize, proof: Vec<Arc<[u8]>>, state: Arc<[u8]> },
 }

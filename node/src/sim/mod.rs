@@ -44,6 +44,8 @@ pub struct Faults {
     pub long_delay_ms: Millis,
     /// Crash backups at random moments and restart them from their store.
     pub crash_restart: bool,
+    /// Crash the primary (of the highest view) once or twice; it restarts later.
+    pub crash_primary: bool,
 }
 
 /// The named fault classes the tests sweep.
@@ -55,17 +57,19 @@ pub enum FaultClass {
     Reorder,
     Delay,
     CrashRestart,
+    PrimaryCrash,
     Mixed,
 }
 
 impl FaultClass {
-    pub const ALL: [FaultClass; 7] = [
+    pub const ALL: [FaultClass; 8] = [
         FaultClass::Clean,
         FaultClass::Drop,
         FaultClass::Duplicate,
         FaultClass::Reorder,
         FaultClass::Delay,
         FaultClass::CrashRestart,
+        FaultClass::PrimaryCrash,
         FaultClass::Mixed,
     ];
 
@@ -78,9 +82,15 @@ impl FaultClass {
             FaultClass::Reorder => Faults { latency_ms: (1, 40), ..base },
             FaultClass::Delay => Faults { long_delay_ms: 700, ..base },
             FaultClass::CrashRestart => Faults { crash_restart: true, ..base },
-            FaultClass::Mixed => {
-                Faults { drop: 0.05, duplicate: 0.1, latency_ms: (1, 25), long_delay_ms: 300, crash_restart: true }
-            }
+            FaultClass::PrimaryCrash => Faults { crash_primary: true, latency_ms: (1, 10), ..base },
+            FaultClass::Mixed => Faults {
+                drop: 0.05,
+                duplicate: 0.1,
+                latency_ms: (1, 25),
+                long_delay_ms: 300,
+                crash_restart: true,
+                crash_primary: true,
+            },
         }
     }
 }
@@ -141,6 +151,7 @@ impl SimConfig {
         c.status_interval_ms = 100;
         c.fetch_retry_ms = 50;
         c.help_slots_max = 8;
+        c.view_change_timeout_ms = 500;
         c.unsafe_quorum_override = self.unsafe_quorum_override;
         c
     }
@@ -173,7 +184,7 @@ pub struct Shared {
 enum Payload {
     Signed(Arc<[u8]>),
     Fetch(Vec<crate::wire::Digest>),
-    Status { view: u64, executed: u64, stable: u64 },
+    Status(crate::wire::Status),
     State { proof: Vec<Arc<[u8]>>, state: Arc<[u8]> },
 }
 
@@ -185,6 +196,7 @@ enum Event {
     Submit { gateway: usize },
     GatewayTick,
     Crash { replica: usize },
+    CrashPrimary,
     Restart { replica: usize },
 }
 
@@ -276,6 +288,12 @@ impl Sim {
             sim.schedule(at, Event::Submit { gateway });
         }
         sim.schedule(0, Event::GatewayTick);
+        if sim.cfg.faults.crash_primary {
+            for _ in 0..sim.rng.random_range(1..=2) {
+                let at = sim.rng.random_range(0..sim.cfg.submit_until_ms);
+                sim.schedule(at, Event::CrashPrimary);
+            }
+        }
         if sim.cfg.faults.crash_restart {
             let crashes = sim.rng.random_range(1..=4);
             for _ in 0..crashes {
@@ -394,8 +412,17 @@ impl Sim {
         }
         for note in ready.notes {
             match note {
-                crate::pbft::Note::Equivocation { replica, .. } if !self.is_byzantine(replica) => {
-                    self.checker.other(now, format!("replica {i} caught correct replica {replica} equivocating"));
+                crate::pbft::Note::Equivocation { replica, first, second } if !self.is_byzantine(replica) => {
+                    let show = |b: &[u8]| match crate::wire::decode::<Envelope>(b, usize::MAX) {
+                        Ok(e) => format!("{:?} {}", e.kind, hex::encode(&e.body[..e.body.len().min(48)])),
+                        Err(_) => "undecodable".into(),
+                    };
+                    let what = format!(
+                        "replica {i} caught correct replica {replica} equivocating: {} / {}",
+                        show(&first),
+                        show(&second)
+                    );
+                    self.checker.other(now, what);
                 }
                 crate::pbft::Note::Diverged { seq } if correct => {
                     self.checker.other(now, format!("replica {i} diverged from a certified state at {seq}"));
@@ -436,9 +463,9 @@ impl Sim {
                 }
             }
             Outbound::FetchRequests { to, digests } => self.send(from, Some(to), None, Payload::Fetch(digests)),
-            Outbound::Status { to, view, executed, stable } => {
+            Outbound::Status { to, status } => {
                 for t in self.targets(from, &to) {
-                    self.send(from, Some(t), None, Payload::Status { view, executed, stable });
+                    self.send(from, Some(t), None, Payload::Status(status));
                 }
             }
             Outbound::State { to, proof, state } => self.send(from, Some(to), None, Payload::State { proof, state }),
@@ -528,9 +555,9 @@ impl Sim {
                         self.trace(2, to as u64, from as u64, &[]);
                         self.drive(to, Input::FetchRequests { from, digests });
                     }
-                    Payload::Status { view, executed, stable } => {
-                        self.trace(3, to as u64, from as u64, &executed.to_be_bytes());
-                        self.drive(to, Input::Status { from, view, executed, stable });
+                    Payload::Status(status) => {
+                        self.trace(3, to as u64, from as u64, &crate::wire::encode(&status));
+                        self.drive(to, Input::Status { from, status });
                     }
                     Payload::State { proof, state } => {
                         self.trace(4, to as u64, from as u64, &state);
@@ -592,6 +619,11 @@ impl Sim {
                 }
                 self.schedule(self.now + 50, Event::GatewayTick);
             }
+            Event::CrashPrimary => {
+                let view = self.nodes.iter().filter_map(|n| n.replica.as_ref()).map(|r| r.view()).max().unwrap_or(0);
+                let replica = (view % self.cfg.n as u64) as usize;
+                self.handle(Event::Crash { replica });
+            }
             Event::Crash { replica } => {
                 let down = self.nodes.iter().filter(|n| n.replica.is_none()).count();
                 if self.nodes[replica].replica.is_none() || down >= self.shared.membership.quorum().f {
@@ -628,7 +660,8 @@ impl Sim {
 
     fn check_liveness(&mut self) {
         let now = self.now;
-        if self.cfg.byzantine.is_some() {
+        if self.cfg.unsafe_quorum_override.is_some() {
+            // A broken protocol owes no progress; only its safety is checked.
             return;
         }
         let pending: usize = self.gateways.iter().map(|g| g.outstanding.len()).sum();
@@ -644,6 +677,9 @@ impl Sim {
             }
         }
         for i in 0..self.cfg.n {
+            if self.is_byzantine(i) {
+                continue;
+            }
             if let Some(r) = &self.nodes[i].replica {
                 if r.last_executed() < max {
                     let what = format!("replica {i} stopped at seq {} of {max}", r.last_executed());
@@ -658,9 +694,7 @@ fn clone_payload(p: &Payload) -> Payload {
     match p {
         Payload::Signed(b) => Payload::Signed(b.clone()),
         Payload::Fetch(d) => Payload::Fetch(d.clone()),
-        Payload::Status { view, executed, stable } => {
-            Payload::Status { view: *view, executed: *executed, stable: *stable }
-        }
+        Payload::Status(s) => Payload::Status(*s),
         Payload::State { proof, state } => Payload::State { proof: proof.clone(), state: state.clone() },
     }
 }

@@ -204,7 +204,7 @@ mod tests {
         messages.push(encode(&PeerRequest::Requests(vec![digest(1), digest(2)])));
         messages.push(encode(&PeerRequest::Deliver(vec![SignedBytes(messages[0].clone())])));
         messages.push(encode(&PeerRequest::State { proof: vec![SignedBytes(vec![1, 2])], state: vec![3] }));
-        messages.push(encode(&PeerRequest::Status { view: 1, executed: 70, stable: 64 }));
+        messages.push(encode(&PeerRequest::Status(Status { view: 1, changing: false, executed: 70, stable: 64 })));
         messages.push(encode(&PeerRequest::Replies { request: digest(3) }));
         messages.push(encode(&PeerResponse::Replies(vec![SignedBytes(vec![1, 2, 3])])));
         for bytes in &messages {

@@ -382,6 +382,19 @@ impl WireMessage for NewView {
 }
 
 /// Request-response between peers (not signed as a whole: what it carries is).
+/// A replica's report of how far it got, so peers can help it catch up.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    pub view: u64,
+    /// Between its VIEW-CHANGE for `view` and that view's NEW-VIEW.
+    pub changing: bool,
+    /// Last executed sequence number.
+    pub executed: u64,
+    /// Last stable checkpoint.
+    pub stable: u64,
+}
+
 /// Point-to-point exchanges between peers (libp2p request-response). Not
 /// signed as a whole: the transport authenticates the peer, and what must be
 /// re-verifiable inside is signed on its own.
@@ -392,8 +405,8 @@ pub enum PeerRequest {
     Requests(Vec<Digest>),
     /// Signed messages for you: retransmissions, fetched requests, help.
     Deliver(Vec<SignedBytes>),
-    /// How far I got: my view, last executed seq and stable checkpoint.
-    Status { view: u64, executed: u64, stable: u64 },
+    /// How far I got.
+    Status(Status),
     /// State transfer: a stable checkpoint's state (canonical encoding) and
     /// the 2f + 1 signed CHECKPOINTs of its digest.
     State {

@@ -13,18 +13,22 @@ use std::sync::Arc;
 
 use libp2p_identity::PeerId;
 
+mod view_change;
+
+use view_change::ViewChangeState;
+
 use super::config::Config;
 use super::io::*;
 use super::quorum::Quorum;
 use super::state::ReplicatedState;
 use crate::wire::{
     Checkpoint, Commit, Digest, JobId, OpenError, PrePrepare, Prepare, Rejection, Reply, ReplyBody, Request, Signed,
-    Signer, Verifier, WireMessage,
+    Signer, Status, Verifier, WireMessage,
 };
 
 /// One sequence number's messages in the current view.
 #[derive(Debug, Default)]
-struct Slot {
+pub(super) struct Slot {
     view: u64,
     pre_prepare: Option<Signed<PrePrepare>>,
     batch: Digest,
@@ -93,6 +97,8 @@ pub struct Replica {
     helped_at: HashMap<usize, Millis>,
     asked_at: HashMap<usize, Millis>,
 
+    vc: ViewChangeState,
+
     restoring: bool,
     ready: Ready,
 }
@@ -134,6 +140,7 @@ impl Replica {
             last_status: 0,
             helped_at: HashMap::new(),
             asked_at: HashMap::new(),
+            vc: ViewChangeState::default(),
             restoring: false,
             ready: Ready::default(),
         }
@@ -201,6 +208,8 @@ impl Replica {
             }
         }
         r.restoring = false;
+        r.maybe_join_view_change();
+        r.maybe_send_new_view();
         r.tick();
         Ok(r)
     }
@@ -212,7 +221,7 @@ impl Replica {
             Input::Request(r) => self.on_request(r),
             Input::Message(m) => self.on_message(m, false),
             Input::FetchRequests { from, digests } => self.on_fetch(from, digests),
-            Input::Status { from, view, executed, stable } => self.on_status(from, view, executed, stable),
+            Input::Status { from, status } => self.on_status(from, status),
             Input::State { proof, state } => {
                 let seq = proof.first().map(|c| c.msg.seq).unwrap_or(0);
                 self.adopt_state(seq, proof, &state);
@@ -239,6 +248,10 @@ impl Replica {
     pub fn view(&self) -> u64 {
         self.view
     }
+    /// Between sending VIEW-CHANGE and accepting the NEW-VIEW.
+    pub fn in_view_change(&self) -> bool {
+        self.vc.in_view_change
+    }
     pub fn is_primary(&self) -> bool {
         self.q.primary(self.view) == self.me
     }
@@ -263,7 +276,8 @@ impl Replica {
             .iter()
             .map(|(s, sl)| {
                 format!(
-                    "{s}:pp={} p={} c={} committed={}",
+                    "{s}:v{}:pp={} p={} c={} committed={}",
+                    sl.view,
                     sl.pre_prepare.is_some(),
                     sl.prepares.len(),
                     sl.commits.len(),
@@ -272,8 +286,9 @@ impl Replica {
             })
             .collect();
         format!(
-            "view {} executed {} low {} next_seq {} requests {} queued {} waiting {:?} fetches {} slots [{}]",
+            "view {} changing {} executed {} low {} next_seq {} requests {} queued {} waiting {:?} fetches {} slots [{}]",
             self.view,
+            self.vc.in_view_change,
             self.executed,
             self.low,
             self.next_seq,
@@ -292,6 +307,11 @@ impl Replica {
     }
     fn commits_needed(&self) -> usize {
         self.cfg.unsafe_quorum_override.map_or(self.q.quorum(), |(_, c)| c)
+    }
+
+    /// Normal-case messages count only in the current view, outside a view change.
+    fn in_view(&self, view: u64) -> bool {
+        view == self.view && !self.vc.in_view_change
     }
 
     fn in_window(&self, seq: u64) -> bool {
@@ -360,6 +380,7 @@ impl Replica {
             for seq in waiting {
                 self.check_slot(seq);
             }
+            self.try_execute();
         } else if !self.restoring {
             self.queue(digest);
         }
@@ -406,14 +427,18 @@ impl Replica {
             Message::Prepare(p) => self.on_prepare(from, p),
             Message::Commit(c) => self.on_commit(from, c),
             Message::Checkpoint(c) => self.on_checkpoint(from, c),
-            // View change belongs to part 2 of the protocol.
-            Message::ViewChange(_) | Message::NewView(_) => {}
+            Message::ViewChange(vc) => self.on_view_change(from, vc),
+            Message::NewView(nv) => self.on_new_view(from, nv),
         }
     }
 
     fn on_pre_prepare(&mut self, from: usize, pp: Signed<PrePrepare>) {
         let (view, seq) = (pp.msg.view, pp.msg.seq);
-        if view != self.view || from != self.q.primary(view) || !self.in_window(seq) || seq <= self.executed {
+        if view < self.view {
+            self.learn_pre_prepare(from, pp);
+            return;
+        }
+        if !self.in_view(view) || from != self.q.primary(view) || !self.in_window(seq) {
             return;
         }
         if pp.msg.requests.len() > self.cfg.batch_max {
@@ -421,9 +446,19 @@ impl Replica {
         }
         let slot = self.slots.entry(seq).or_default();
         if let Some(old) = &slot.pre_prepare {
-            let (a, b) = (old.shared_bytes(), pp.shared_bytes());
-            self.note_equivocation(from, a, b);
-            return;
+            if old.msg.view == view {
+                let (a, b) = (old.shared_bytes(), pp.shared_bytes());
+                self.note_equivocation(from, a, b);
+                // The primary equivocated: whichever batch gathers a commit
+                // certificate is the one that committed.
+                self.learn_pre_prepare(from, pp);
+                return;
+            }
+            // A slot learned from an older view's commit certificate: this
+            // view orders it again (the same batch, by the view-change rules),
+            // and this replica votes in it.
+            let committed = slot.committed && old.msg.batch_digest() == pp.msg.batch_digest();
+            *slot = Slot { committed, ..Slot::default() };
         }
         slot.view = view;
         slot.batch = pp.msg.batch_digest();
@@ -444,7 +479,7 @@ impl Replica {
 
     fn on_prepare(&mut self, from: usize, p: Signed<Prepare>) {
         let (view, seq) = (p.msg.view, p.msg.seq);
-        if view != self.view || from == self.q.primary(view) || !self.in_window(seq) || seq <= self.executed {
+        if !self.in_view(view) || from == self.q.primary(view) || !self.in_window(seq) {
             return;
         }
         let slot = self.slots.entry(seq).or_default();
@@ -464,11 +499,15 @@ impl Replica {
 
     fn on_commit(&mut self, from: usize, c: Signed<Commit>) {
         let (view, seq) = (c.msg.view, c.msg.seq);
-        if view != self.view || !self.in_window(seq) || seq <= self.executed {
+        if view < self.view {
+            self.learn_commit(from, c);
+            return;
+        }
+        if !self.in_view(view) || !self.in_window(seq) {
             return;
         }
         let slot = self.slots.entry(seq).or_default();
-        if let Some(old) = slot.commits.get(&from) {
+        if let Some(old) = slot.commits.get(&from).filter(|old| old.msg.view == view) {
             let (a, b) = (old.shared_bytes(), c.shared_bytes());
             self.note_equivocation(from, a, b);
             return;
@@ -477,8 +516,12 @@ impl Replica {
             slot.sent_commit = true;
         }
         let bytes = c.shared_bytes();
-        slot.commits.insert(from, c);
+        let conflicting = slot.pre_prepare.is_some() && c.msg.batch != slot.batch;
+        slot.commits.insert(from, c.clone());
         self.persist(bytes);
+        if conflicting {
+            self.learn_commit(from, c);
+        }
         self.check_slot(seq);
     }
 
@@ -510,6 +553,7 @@ impl Replica {
             return;
         }
         if !slot.sent_commit {
+            self.record_prepared(seq);
             let c = self.broadcast(Commit { view, seq, batch });
             let slot = self.slots.get_mut(&seq).expect("slot exists");
             slot.commits.insert(self.me, c);
@@ -531,6 +575,11 @@ impl Replica {
             let seq = self.executed + 1;
             let (view, batch) = (slot.view, slot.batch);
             let digests = slot.pre_prepare.as_ref().expect("committed slots have a pre-prepare").msg.requests.clone();
+            if digests.iter().any(|d| !self.requests.contains_key(d)) {
+                // A slot learned from a commit certificate: its requests are
+                // being fetched, and arrive through on_request.
+                break;
+            }
             let mut jobs = Vec::new();
             for (i, d) in digests.iter().enumerate() {
                 let req = self.requests.get(d).expect("committed requests are present").clone();
@@ -559,7 +608,7 @@ impl Replica {
     /// The primary proposes batches: at once when nothing is in flight, else
     /// when a batch is full or its oldest request waited `batch_delay_ms`.
     fn try_propose(&mut self) {
-        if !self.is_primary() || self.restoring {
+        if !self.is_primary() || self.restoring || self.vc.in_view_change {
             return;
         }
         loop {
@@ -632,7 +681,10 @@ impl Replica {
 
     fn record_checkpoint_vote(&mut self, from: usize, c: Signed<Checkpoint>) {
         let seq = c.msg.seq;
-        if seq <= self.low || seq % self.cfg.checkpoint_interval != 0 {
+        // Beyond one window above us a CHECKPOINT proves nothing we can use
+        // (status exchanges tell us we lag); dropping it bounds what a faulty
+        // replica can make us store.
+        if seq <= self.low || seq > self.low + self.cfg.window || seq % self.cfg.checkpoint_interval != 0 {
             return;
         }
         let votes = self.checkpoint_votes.entry(seq).or_default();
@@ -695,6 +747,7 @@ impl Replica {
             return;
         }
         self.low = seq;
+        self.gc_prepared(seq);
         self.slots = self.slots.split_off(&(seq + 1));
         self.waiting = self.waiting.split_off(&(seq + 1));
         self.checkpoint_votes = self.checkpoint_votes.split_off(&(seq + 1));
@@ -710,7 +763,9 @@ impl Replica {
         self.assigned.retain(|_, s| *s > seq);
         self.next_seq = self.next_seq.max(seq + 1);
         let proof_bytes = proof.iter().map(|c| c.shared_bytes()).collect();
-        self.ready.persist.push(Record::Stable { seq, state: state.clone(), proof: proof_bytes });
+        if !self.restoring {
+            self.ready.persist.push(Record::Stable { seq, state: state.clone(), proof: proof_bytes });
+        }
         self.stable_proof = proof;
         self.stable_state = state;
     }
@@ -760,9 +815,20 @@ impl Replica {
 
     // --- catching up ---
 
-    fn on_status(&mut self, from: usize, view: u64, executed: u64, stable: u64) {
-        if from == self.me || from >= self.q.n || view != self.view {
+    fn on_status(&mut self, from: usize, status: Status) {
+        let Status { view, changing, executed, stable } = status;
+        if from == self.me || from >= self.q.n {
             return;
+        }
+        let changing_here = self.vc.in_view_change;
+        if view < self.view || (view == self.view && changing && !changing_here) {
+            // It missed our view change or our NEW-VIEW: send them again.
+            for bytes in self.view_messages() {
+                self.ready.messages.push(Outbound::Signed { to: Target::Replica(from), bytes });
+            }
+        } else if view > self.view || (view == self.view && !changing && changing_here) {
+            // It is further along in views: our status makes it send us what we lack.
+            self.ask_for_help(from);
         }
         if stable < self.low && executed >= self.low && !self.stable_proof.is_empty() {
             // It executed past our stable checkpoint but missed the CHECKPOINTs
@@ -775,6 +841,9 @@ impl Replica {
         if executed < self.executed {
             self.help(from, executed);
         } else if executed > self.executed {
+            if view == self.view && !changing {
+                self.view_progresses();
+            }
             self.ask_for_help(from);
         }
     }
@@ -792,8 +861,8 @@ impl Replica {
     }
 
     fn send_status(&mut self, to: Target) {
-        let (view, executed, stable) = (self.view, self.executed, self.low);
-        self.ready.messages.push(Outbound::Status { to, view, executed, stable });
+        let (view, executed, stable, changing) = (self.view, self.executed, self.low, self.vc.in_view_change);
+        self.ready.messages.push(Outbound::Status { to, status: Status { view, changing, executed, stable } });
     }
 
     /// Sends a lagging replica what it needs for the next few slots: the
@@ -838,6 +907,7 @@ impl Replica {
         if self.restoring {
             return;
         }
+        self.check_view_timer();
         if self.now >= self.last_status + self.cfg.status_interval_ms {
             self.last_status = self.now;
             self.send_status(Target::All);
@@ -872,6 +942,9 @@ impl Replica {
     /// too: it is signed, so anyone may relay it.
     fn retransmit(&mut self) {
         let mut out = Vec::new();
+        if self.vc.in_view_change {
+            out.extend(self.view_messages());
+        }
         for (_, slot) in self.slots.range(self.executed + 1..=self.executed + self.cfg.help_slots_max) {
             if slot.committed && slot.commits.len() == self.q.n {
                 continue;
@@ -891,6 +964,9 @@ impl Replica {
         let mut at = self.last_status + self.cfg.status_interval_ms;
         if let Some((at_fetch, _)) = self.fetches.values().min() {
             at = at.min(at_fetch + self.cfg.fetch_retry_ms);
+        }
+        if let Some(d) = self.view_change_deadline() {
+            at = at.min(d);
         }
         if self.is_primary() {
             if let Some((_, oldest)) = self.pending.iter().find(|(d, _)| self.queued.contains(d)) {
