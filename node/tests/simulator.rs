@@ -112,3 +112,18 @@ fn a_weakened_quorum_is_caught_by_the_agreement_checker() {
         .count();
     assert!(caught > 0, "with 1-of-n quorums an equivocating primary must split the replicas in some seed");
 }
+
+#[test]
+fn a_weakened_view_change_rule_is_caught_by_the_agreement_checker() {
+    // NEW-VIEW that forgets prepared certificates turns slots some replicas
+    // already executed into null requests at the others.
+    let caught = (0..100)
+        .map(|seed| {
+            let mut cfg = SimConfig::new(4, seed, FaultClass::PrimaryCrash);
+            cfg.unsafe_forget_prepared_in_new_view = true;
+            run(cfg)
+        })
+        .filter(|r| r.violations.iter().any(|v| v.what.starts_with("agreement")))
+        .count();
+    assert!(caught > 0, "forgetting prepared certificates in NEW-VIEW must break agreement in some seed");
+}

@@ -34,6 +34,10 @@ pub struct Config {
     /// committed, in place of 2f and 2f + 1. Exists so the simulator can prove
     /// its checkers catch a weakened quorum; `None` everywhere else.
     pub unsafe_quorum_override: Option<(usize, usize)>,
+    /// **Test-only**: NEW-VIEW ignores prepared certificates (every slot
+    /// becomes a null request). Exists so the simulator can prove it catches
+    /// a weakened view-change rule; `false` everywhere else.
+    pub unsafe_forget_prepared_in_new_view: bool,
 }
 
 impl Config {
@@ -51,6 +55,7 @@ impl Config {
             help_slots_max: 16,
             view_change_timeout_ms: 2_000,
             unsafe_quorum_override: None,
+            unsafe_forget_prepared_in_new_view: false,
         }
     }
 

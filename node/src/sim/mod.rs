@@ -27,7 +27,7 @@ use sha2::Digest as _;
 
 use crate::membership::{Member, Membership};
 use crate::pbft::{Config, Input, Message, Millis, Outbound, Record, Replica, Target};
-use crate::wire::{Envelope, Kind, NetworkId, Reply, Request, Sha256, Signed};
+use crate::wire::{Digest, Envelope, Kind, NetworkId, Reply, Request, Sha256, Signed};
 use checker::{Checker, Violation};
 use client::Client;
 
@@ -111,8 +111,9 @@ pub struct SimConfig {
     pub gateways: usize,
     pub faults: Faults,
     pub byzantine: Option<Byzantine>,
-    /// Test-only knob passed to every replica's config.
+    /// Test-only knobs passed to every replica's config.
     pub unsafe_quorum_override: Option<(usize, usize)>,
+    pub unsafe_forget_prepared_in_new_view: bool,
     /// Requests are submitted before this time.
     pub submit_until_ms: Millis,
     /// Faults stop here; the network is then reliable and timely.
@@ -133,6 +134,7 @@ impl SimConfig {
             faults: class.faults(),
             byzantine: None,
             unsafe_quorum_override: None,
+            unsafe_forget_prepared_in_new_view: false,
             submit_until_ms: 1_500,
             heal_at_ms: 2_500,
             end_ms: 6_000,
@@ -153,6 +155,7 @@ impl SimConfig {
         c.help_slots_max = 8;
         c.view_change_timeout_ms = 500;
         c.unsafe_quorum_override = self.unsafe_quorum_override;
+        c.unsafe_forget_prepared_in_new_view = self.unsafe_forget_prepared_in_new_view;
         c
     }
 }
@@ -231,6 +234,8 @@ pub struct Sim {
     opened: HashMap<usize, (Arc<[u8]>, Opened)>,
     trace: Sha256,
     events_run: u64,
+    /// What each correct replica signed, by (signer, kind, view, seq).
+    signed: HashMap<(PeerId, u8, u64, u64), crate::wire::Digest>,
     pub checker: Checker,
 }
 
@@ -271,6 +276,7 @@ impl Sim {
             opened: HashMap::new(),
             trace: Sha256::new(),
             events_run: 0,
+            signed: HashMap::new(),
             checker: Checker::default(),
             cfg,
         };
@@ -443,9 +449,7 @@ impl Sim {
     fn outbound(&mut self, from: usize, out: Outbound, correct: bool) {
         match out {
             Outbound::Signed { to, bytes } => {
-                if correct {
-                    self.observe(from, &bytes);
-                }
+                self.observe(&bytes);
                 let targets = self.targets(from, &to);
                 let equivocate = !correct
                     && self.cfg.byzantine == Some(Byzantine::EquivocatingPrimary)
@@ -485,11 +489,47 @@ impl Sim {
     }
 
     /// Checkpoints sent by correct replicas must agree.
-    fn observe(&mut self, from: usize, bytes: &Arc<[u8]>) {
+    /// Watches what correct replicas sign: checkpoints must agree, and no
+    /// correct replica may sign two different messages of one kind for one
+    /// slot (or one view), across restarts included.
+    fn observe(&mut self, bytes: &Arc<[u8]>) {
         let now = self.now;
-        if let Opened::Message(Message::Checkpoint(c)) = self.open(bytes) {
-            let (seq, state) = (c.msg.seq, c.msg.state);
-            self.checker.checkpoint(now, from, seq, state);
+        let key = match self.open(bytes) {
+            Opened::Message(m) => {
+                let (kind, view, seq) = match m {
+                    Message::PrePrepare(x) => (Kind::PrePrepare, x.msg.view, x.msg.seq),
+                    Message::Prepare(x) => (Kind::Prepare, x.msg.view, x.msg.seq),
+                    Message::Commit(x) => (Kind::Commit, x.msg.view, x.msg.seq),
+                    Message::Checkpoint(x) => (Kind::Checkpoint, 0, x.msg.seq),
+                    Message::ViewChange(x) => (Kind::ViewChange, x.msg.view, 0),
+                    Message::NewView(x) => (Kind::NewView, x.msg.view, 0),
+                };
+                let state = if let Message::Checkpoint(c) = m { Some(c.msg.state) } else { None };
+                (m.signer(), kind as u8, view, seq, state)
+            }
+            _ => return,
+        };
+        let Some(signer) = self.shared.membership.replica_index(&key.0) else { return };
+        if self.is_byzantine(signer) {
+            return;
+        }
+        if let Some(state) = key.4 {
+            self.checker.checkpoint(now, signer, key.3, state);
+        }
+        let key = (key.0, key.1, key.2, key.3);
+        let digest = Digest::of_parts(b"sim/signed", &[bytes]);
+        match self.signed.get(&key) {
+            Some(d) if *d != digest => {
+                let what = format!(
+                    "correct replica {signer} signed two different {:?} for view {} seq {}",
+                    key.1, key.2, key.3
+                );
+                self.checker.other(now, what);
+            }
+            Some(_) => {}
+            None => {
+                self.signed.insert(key, digest);
+            }
         }
     }
 
@@ -660,7 +700,7 @@ impl Sim {
 
     fn check_liveness(&mut self) {
         let now = self.now;
-        if self.cfg.unsafe_quorum_override.is_some() {
+        if self.cfg.unsafe_quorum_override.is_some() || self.cfg.unsafe_forget_prepared_in_new_view {
             // A broken protocol owes no progress; only its safety is checked.
             return;
         }

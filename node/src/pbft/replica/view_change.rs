@@ -435,7 +435,8 @@ impl Replica {
             return;
         }
         let Some(set) = self.quorum_for(view) else { return };
-        let pre_prepares: Vec<Signed<PrePrepare>> = new_view_slots(&set, self.cfg.window)
+        let forget = self.cfg.unsafe_forget_prepared_in_new_view;
+        let pre_prepares: Vec<Signed<PrePrepare>> = new_view_slots(&set, self.cfg.window, forget)
             .into_iter()
             .map(|(seq, requests)| {
                 Signed::seal(PrePrepare { view, seq, requests }, &self.cfg.network, self.signer.as_ref())
@@ -483,7 +484,7 @@ impl Replica {
         if set.len() < self.q.quorum() {
             return Err("fewer than 2f + 1 view changes");
         }
-        let expected = new_view_slots(&set, self.cfg.window);
+        let expected = new_view_slots(&set, self.cfg.window, self.cfg.unsafe_forget_prepared_in_new_view);
         let got = open_all::<PrePrepare>(self, &nv.msg.pre_prepares)?;
         let primary = self.q.primary(view);
         let matches = got.len() == expected.len()
@@ -575,13 +576,14 @@ impl Replica {
 /// The pre-prepares a NEW-VIEW must carry, as (seq, requests): for every
 /// slot from the highest checkpoint up to the highest prepared slot, the
 /// batch of the highest-view certificate, or a null request.
-fn new_view_slots(set: &[CheckedViewChange], window: u64) -> Vec<(u64, Vec<Digest>)> {
+fn new_view_slots(set: &[CheckedViewChange], window: u64, forget_prepared: bool) -> Vec<(u64, Vec<Digest>)> {
     let min_s = set.iter().map(|c| c.checkpoint_seq).max().unwrap_or(0);
     let max_s = set.iter().flat_map(|c| c.prepared.keys().copied()).max().unwrap_or(min_s).max(min_s);
     let max_s = max_s.min(min_s + window);
     (min_s + 1..=max_s)
         .map(|seq| {
-            let best = set.iter().filter_map(|c| c.prepared.get(&seq)).max_by_key(|(v, _)| *v);
+            let best =
+                set.iter().filter_map(|c| c.prepared.get(&seq)).max_by_key(|(v, _)| *v).filter(|_| !forget_prepared);
             (seq, best.map(|(_, pp)| pp.msg.requests.clone()).unwrap_or_default())
         })
         .collect()
