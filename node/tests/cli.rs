@@ -1,5 +1,5 @@
 //! The `pbft-node` binary as users and scripts run it: keygen, id, verify,
-//! and `-h` everywhere.
+//! run's refusals, and `-h` everywhere.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -183,13 +183,70 @@ fn verify_against_another_network_or_with_unreadable_input_exits_1() {
 
 #[test]
 fn every_subcommand_answers_h() {
-    for args in [&["-h"][..], &["--help"], &["keygen", "-h"], &["id", "-h"], &["verify", "-h"], &["help", "verify"]] {
+    for args in [
+        &["-h"][..],
+        &["--help"],
+        &["keygen", "-h"],
+        &["id", "-h"],
+        &["verify", "-h"],
+        &["help", "verify"],
+        &["run", "-h"],
+    ] {
         let out = pbft_node(args);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
         assert!(stdout(&out).contains("Usage: pbft-node"), "{args:?}: {}", stdout(&out));
     }
     let top = stdout(&pbft_node(&["-h"]));
-    for sub in ["keygen", "id", "verify"] {
+    for sub in ["keygen", "id", "verify", "run"] {
         assert!(top.contains(sub), "{top}");
     }
+    let run = stdout(&pbft_node(&["run", "-h"]));
+    for flag in [
+        "--key",
+        "--members",
+        "--listen",
+        "--bootstrap",
+        "--mdns",
+        "--no-mdns",
+        "--data-dir",
+        "--executor",
+        "--log-dir",
+    ] {
+        assert!(run.contains(flag), "run -h names {flag}: {run}");
+    }
+}
+
+#[test]
+fn run_with_an_executor_not_built_yet_exits_2_with_a_reason() {
+    for executor in ["docker", "local"] {
+        let out = pbft_node(&["run", "--key", "k", "--members", "m", "--executor", executor]);
+        assert_eq!(out.status.code(), Some(2), "{executor}: {}", stderr(&out));
+        assert!(stderr(&out).contains("not built yet"), "{executor}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn run_with_a_key_that_is_not_a_replica_fails_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (members, _, _) = write_network_and_certificate(dir.path());
+    let key = dir.path().join("outsider.key");
+    assert!(pbft_node(&["keygen", "--out", path(&key)]).status.success());
+    let log = dir.path().join("log");
+    let out = pbft_node(&[
+        "run",
+        "--key",
+        path(&key),
+        "--members",
+        &members,
+        "--executor",
+        "none",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--data-dir",
+        path(&dir.path().join("data")),
+        "--log-dir",
+        path(&log),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not a replica"), "{}", stderr(&out));
 }

@@ -73,6 +73,13 @@ impl Dialer {
         self.targets.len() - self.connected()
     }
 
+    /// The wanted peers with no connection, in a stable order.
+    pub fn missing_peers(&self) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self.targets.iter().filter(|(_, t)| !t.connected).map(|(p, _)| *p).collect();
+        v.sort();
+        v
+    }
+
     /// Remembers an address of a wanted peer; returns whether it is new.
     pub fn learn(&mut self, peer: &PeerId, addr: Multiaddr) -> bool {
         let Some(t) = self.targets.get_mut(peer) else { return false };

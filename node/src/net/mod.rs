@@ -323,6 +323,11 @@ impl Net {
             self.last_kad_bootstrap = Some(now);
             // Fails only while the routing table is empty.
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            // A replica that restarted may listen elsewhere now: ask the
+            // network where each missing one is, even if we know an address.
+            for peer in self.dialer.missing_peers() {
+                self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+            }
         }
     }
 
@@ -408,6 +413,18 @@ impl Net {
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }) => {
                 for addr in addresses.iter() {
                     self.dialer.learn(&peer, addr.clone());
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { result, .. }) => {
+                let peers = match result {
+                    kad::QueryResult::GetClosestPeers(Ok(ok)) => ok.peers,
+                    kad::QueryResult::GetClosestPeers(Err(kad::GetClosestPeersError::Timeout { peers, .. })) => peers,
+                    _ => Vec::new(),
+                };
+                for info in peers {
+                    for addr in info.addrs {
+                        self.dialer.learn(&info.peer_id, addr);
+                    }
                 }
             }
             BehaviourEvent::Kad(_) => {}

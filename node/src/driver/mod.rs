@@ -1,0 +1,432 @@
+//! The replica's driver: owns the consensus core ([`Replica`]), the durable
+//! [`Store`] and the swarm ([`Net`]), and turns one into calls on the others
+//! in a single `select!` loop over network events, the core's timer and
+//! finished jobs.
+//!
+//! Every [`Ready`] is handled in the documented order: its records are
+//! persisted (one fsync'd transaction) before anything of it is sent; a
+//! committed batch is recorded in the job log before its jobs start and
+//! before the core hears it was executed; slots jumped over by a state
+//! transfer are recorded as skipped. A restart rebuilds the core from the
+//! store's records and resumes the jobs that had not finished.
+//!
+//! It holds no protocol logic (that is the core's) and names no libp2p type
+//! (that is `net`'s).
+
+pub mod executor;
+pub mod shutdown;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p_identity::{Keypair, PeerId};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, info, warn};
+
+use crate::membership::Membership;
+use crate::net::{Net, NetConfig, NetError, NetEvent, Opened, Role};
+use crate::pbft::{Batch, Config, Input, Millis, Note, Outbound, Ready, Replica, RestoreError, Target};
+use crate::store::{Store, StoreError};
+use crate::wire::{
+    limits, Checkpoint, Digest, JobId, PeerRequest, PeerResponse, Reply, ReplyBody, Request, Signed, SignedBytes,
+};
+pub use executor::{Abstain, Executor, NoneExecutor};
+pub use shutdown::Shutdown;
+
+/// Unfinished jobs resumed at start.
+const RESUME_JOBS_MAX: usize = 65_536;
+/// Finished jobs queued for the loop.
+const DONE_QUEUE_MAX: usize = 4096;
+/// Replies held for a gateway that is not connected (the oldest go first;
+/// all stay in the store, served on request).
+const HELD_REPLIES_MAX: usize = 4096;
+/// Network events taken in one round, before the core's Ready is handled.
+const ROUND_EVENTS_MAX: usize = 256;
+/// Replies one answer to a `Replies` request carries.
+const SERVED_REPLIES_MAX: usize = 64;
+
+pub struct NodeConfig {
+    pub key: Keypair,
+    pub membership: Arc<Membership>,
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub mdns: Option<bool>,
+    pub data_dir: PathBuf,
+    pub executor: Arc<dyn Executor>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{0} is not a replica of this membership")]
+    NotAReplica(PeerId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("restoring from the store: {0}")]
+    Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+}
+
+/// Runs a replica until `shutdown` fires.
+pub async fn run(cfg: NodeConfig, mut shutdown: Shutdown) -> Result<(), DriverError> {
+    let mut driver = Driver::start(cfg)?;
+    loop {
+        driver.flush()?;
+        tokio::select! {
+            _ = shutdown.fired() => break,
+            event = driver.net.next_event() => {
+                driver.on_net_event(event)?;
+                // Take what else is there already, so that one Ready (one
+                // fsync) covers many messages under load.
+                for _ in 1..ROUND_EVENTS_MAX {
+                    match tokio::time::timeout(Duration::ZERO, driver.net.next_event()).await {
+                        Ok(event) => driver.on_net_event(event)?,
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = &mut driver.wake => driver.replica.step(driver.now(), Input::Tick),
+            Some(done) = driver.done_rx.recv() => {
+                driver.on_job_done(done)?;
+                while let Ok(done) = driver.done_rx.try_recv() {
+                    driver.on_job_done(done)?;
+                }
+            }
+        }
+    }
+    info!(executed = driver.replica.last_executed(), "stopped");
+    Ok(())
+}
+
+struct JobDone {
+    job: JobId,
+    request: Signed<Request>,
+    outcome: Result<crate::wire::JobResult, Abstain>,
+}
+
+struct Driver {
+    replica: Replica,
+    store: Store,
+    net: Net,
+    key: Arc<Keypair>,
+    membership: Arc<Membership>,
+    replicas: Vec<PeerId>,
+    executor: Arc<dyn Executor>,
+    started: Instant,
+    wake: Pin<Box<Sleep>>,
+    /// Inputs the driver owes the core (batches recorded).
+    inputs: VecDeque<Input>,
+    running: HashMap<JobId, tokio::task::AbortHandle>,
+    done_tx: mpsc::Sender<JobDone>,
+    done_rx: mpsc::Receiver<JobDone>,
+    /// Signed replies per gateway, sent together at the end of a round.
+    replies: BTreeMap<PeerId, Vec<SignedBytes>>,
+    /// Replies for gateways not connected, sent when they connect.
+    held: HashMap<PeerId, VecDeque<SignedBytes>>,
+}
+
+impl Driver {
+    fn start(cfg: NodeConfig) -> Result<Driver, DriverError> {
+        let me = cfg.key.public().to_peer_id();
+        if cfg.membership.replica_index(&me).is_none() {
+            return Err(DriverError::NotAReplica(me));
+        }
+        let key = Arc::new(cfg.key.clone());
+        let store = Store::open(&cfg.data_dir)?;
+        let records = store.records()?;
+        let restored = records.len();
+        let core_cfg = Config::new(cfg.membership.network_id(), cfg.membership.replica_ids());
+        let replica = Replica::restore(core_cfg, key.clone(), cfg.membership.clone(), 0, records)?;
+        info!(
+            peer_id = %me,
+            index = replica.index(),
+            records = restored,
+            executed = replica.last_executed(),
+            view = replica.view(),
+            "replica {} of {}",
+            replica.index(),
+            cfg.membership.replicas.len()
+        );
+        let net = Net::new(NetConfig {
+            key: cfg.key,
+            membership: cfg.membership.clone(),
+            role: Role::Replica,
+            listen: cfg.listen,
+            bootstrap: cfg.bootstrap,
+            mdns: cfg.mdns,
+            observe_consensus: false,
+        })?;
+        let (done_tx, done_rx) = mpsc::channel(DONE_QUEUE_MAX);
+        let started = Instant::now();
+        let mut driver = Driver {
+            replica,
+            store,
+            net,
+            key,
+            replicas: cfg.membership.replica_ids(),
+            membership: cfg.membership,
+            executor: cfg.executor,
+            started,
+            wake: Box::pin(tokio::time::sleep_until(started)),
+            inputs: VecDeque::new(),
+            running: HashMap::new(),
+            done_tx,
+            done_rx,
+            replies: BTreeMap::new(),
+            held: HashMap::new(),
+        };
+        let unfinished = driver.store.unfinished_jobs(RESUME_JOBS_MAX)?;
+        if !unfinished.is_empty() {
+            info!(jobs = unfinished.len(), "resuming unfinished jobs");
+        }
+        for (job, bytes) in unfinished {
+            match Signed::<Request>::open(&bytes, &driver.membership.network_id(), driver.membership.as_ref()) {
+                Ok(req) => driver.start_job(job, req),
+                Err(e) => warn!(%job, "stored request does not open: {e}"),
+            }
+        }
+        // The restored core's Ready holds what replaying produced.
+        driver.input(Input::Tick);
+        driver.flush()?;
+        Ok(driver)
+    }
+
+    fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    /// Feeds `input` to the core; its output is handled at the next flush.
+    fn input(&mut self, input: Input) {
+        self.replica.step(self.now(), input);
+    }
+
+    /// Handles what the core produced, feeds it the inputs the driver owes
+    /// it (batches recorded) until there are none, then sends the replies
+    /// gathered this round.
+    fn flush(&mut self) -> Result<(), DriverError> {
+        loop {
+            let ready = self.replica.take_ready();
+            self.handle(ready)?;
+            if self.inputs.is_empty() {
+                break;
+            }
+            while let Some(input) = self.inputs.pop_front() {
+                self.input(input);
+            }
+        }
+        self.flush_replies();
+        Ok(())
+    }
+
+    /// The driver contract: persist, then send, then record and execute.
+    fn handle(&mut self, ready: Ready) -> Result<(), DriverError> {
+        if !ready.persist.is_empty() {
+            self.store.persist(&ready.persist)?;
+        }
+        let mut point_to_point: BTreeMap<usize, Vec<SignedBytes>> = BTreeMap::new();
+        for out in ready.messages {
+            match out {
+                Outbound::Signed { to: Target::All, bytes } => {
+                    if let Err(e) = self.net.publish(&bytes) {
+                        warn!("not publishing an outbound message: {e}");
+                    }
+                }
+                Outbound::Signed { to: Target::Replica(i), bytes } => {
+                    point_to_point.entry(i).or_default().push(SignedBytes(bytes.to_vec()));
+                }
+                Outbound::FetchRequests { to, digests } => {
+                    for chunk in digests.chunks(limits::BATCH_REQUESTS_MAX) {
+                        self.send_to(to, PeerRequest::Requests(chunk.to_vec()));
+                    }
+                }
+                Outbound::Status { to, status } => {
+                    let targets: Vec<usize> = match to {
+                        Target::All => (0..self.replicas.len()).filter(|&i| i != self.replica.index()).collect(),
+                        Target::Replica(i) => vec![i],
+                    };
+                    for i in targets {
+                        self.send_to(i, PeerRequest::Status(status));
+                    }
+                }
+                Outbound::State { to, proof, state } => {
+                    let proof = proof.iter().map(|b| SignedBytes(b.to_vec())).collect();
+                    self.send_to(to, PeerRequest::State { proof, state: state.to_vec() });
+                }
+            }
+        }
+        for (i, items) in point_to_point {
+            for chunk in items.chunks(4 * limits::BATCH_REQUESTS_MAX) {
+                self.send_to(i, PeerRequest::Deliver(chunk.to_vec()));
+            }
+        }
+        for r in ready.replies {
+            self.replies.entry(r.to).or_default().push(SignedBytes(r.bytes.to_vec()));
+        }
+        for s in ready.skipped {
+            self.store.record_skipped(s.from_seq, s.to_seq)?;
+            info!(from = s.from_seq, to = s.to_seq, "state transfer skipped these slots: no vote on their jobs");
+        }
+        for batch in ready.execute {
+            self.execute(batch)?;
+        }
+        for note in ready.notes {
+            match note {
+                Note::Equivocation { replica, .. } => warn!(replica, "caught a replica equivocating"),
+                Note::Diverged { seq } => warn!(seq, "2f + 1 replicas certified another state than ours"),
+                Note::StateTransferred { seq } => info!(seq, "state transfer: adopted the stable checkpoint"),
+            }
+        }
+        if let Some(at) = ready.wake_at {
+            self.wake.as_mut().reset(self.started + Duration::from_millis(at));
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, batch: Batch) -> Result<(), DriverError> {
+        let new = self.store.record_batch(&batch)?;
+        if new {
+            info!(
+                seq = batch.seq,
+                view = batch.view,
+                requests = batch.requests.len(),
+                jobs = batch.jobs.len(),
+                batch = %batch.batch,
+                "ordered batch"
+            );
+        } else {
+            debug!(seq = batch.seq, "batch replayed, recorded before");
+        }
+        self.inputs.push_back(Input::Executed { seq: batch.seq });
+        if new {
+            for (job, req) in batch.jobs {
+                self.start_job(job, req);
+            }
+        }
+        Ok(())
+    }
+
+    fn send_to(&mut self, replica: usize, request: PeerRequest) {
+        if let Some(peer) = self.replicas.get(replica).copied() {
+            self.net.send(&peer, request);
+        }
+    }
+
+    /// Replies go point to point to a connected gateway. For one that is
+    /// not, they go by gossip (other gateways relay) and are held until it
+    /// connects.
+    fn flush_replies(&mut self) {
+        for (gateway, items) in std::mem::take(&mut self.replies) {
+            if self.net.is_connected(&gateway) {
+                for chunk in items.chunks(4 * limits::BATCH_REQUESTS_MAX) {
+                    self.net.send(&gateway, PeerRequest::Deliver(chunk.to_vec()));
+                }
+            } else {
+                let held = self.held.entry(gateway).or_default();
+                for item in items {
+                    if let Err(e) = self.net.publish(&item.0) {
+                        debug!("not publishing a reply: {e}");
+                    }
+                    if held.len() == HELD_REPLIES_MAX {
+                        held.pop_front();
+                    }
+                    held.push_back(item);
+                }
+            }
+        }
+    }
+
+    fn on_connected(&mut self, peer: PeerId) {
+        if let Some(held) = self.held.remove(&peer) {
+            debug!(gateway = %peer, replies = held.len(), "sending held replies");
+            self.replies.entry(peer).or_default().extend(held);
+        }
+    }
+
+    fn start_job(&mut self, job: JobId, request: Signed<Request>) {
+        if self.running.contains_key(&job) {
+            return;
+        }
+        let run = self.executor.run(job, request.msg.clone());
+        let done = self.done_tx.clone();
+        let task = tokio::spawn(async move {
+            let outcome = run.await;
+            let _ = done.send(JobDone { job, request, outcome }).await;
+        });
+        self.running.insert(job, task.abort_handle());
+    }
+
+    /// Signs the job's result (or abstention), stores it, sends it.
+    fn on_job_done(&mut self, done: JobDone) -> Result<(), DriverError> {
+        self.running.remove(&done.job);
+        let req = &done.request.msg;
+        let body = match done.outcome {
+            Ok(result) => ReplyBody::Result { job: done.job, result },
+            Err(Abstain { mut reason }) => {
+                truncate(&mut reason, limits::TEXT_BYTES_MAX);
+                ReplyBody::Abstain { job: done.job, reason }
+            }
+        };
+        let digest = req.digest();
+        let reply =
+            Reply { view: self.replica.view(), gateway: req.gateway, number: req.number, request: digest, body };
+        let sealed = Signed::seal(reply, &self.membership.network_id(), self.key.as_ref());
+        self.store.put_reply(digest, done.job, sealed.bytes())?;
+        debug!(job = %done.job, "job done");
+        self.replies.entry(req.gateway).or_default().push(SignedBytes(sealed.bytes().to_vec()));
+        Ok(())
+    }
+
+    fn on_net_event(&mut self, event: NetEvent) -> Result<(), DriverError> {
+        match event {
+            NetEvent::Signed { opened: Opened::Request(r), .. } => self.input(Input::Request(r)),
+            NetEvent::Signed { opened: Opened::Message(m), .. } => self.input(Input::Message(m)),
+            NetEvent::Signed { opened: Opened::Reply(_), .. } => {}
+            NetEvent::Peer { from, request } => {
+                let Some(from) = self.membership.replica_index(&from) else { return Ok(()) };
+                match request {
+                    PeerRequest::Requests(digests) => self.input(Input::FetchRequests { from, digests }),
+                    PeerRequest::Status(status) => self.input(Input::Status { from, status }),
+                    PeerRequest::State { proof, state } => {
+                        let network = self.membership.network_id();
+                        let proof = proof
+                            .iter()
+                            .filter_map(|b| Signed::<Checkpoint>::open(&b.0, &network, self.membership.as_ref()).ok())
+                            .collect();
+                        self.input(Input::State { proof, state })
+                    }
+                    // The swarm turns deliveries into signed events and
+                    // answers reply requests itself.
+                    PeerRequest::Deliver(_) | PeerRequest::Replies { .. } => {}
+                }
+            }
+            NetEvent::RepliesWanted { request, responder, .. } => {
+                let replies = self.served_replies(request)?;
+                self.net.respond(responder, PeerResponse::Replies(replies));
+            }
+            NetEvent::Connected { peer } => self.on_connected(peer),
+            NetEvent::Listening { .. } | NetEvent::Disconnected { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn served_replies(&self, request: Digest) -> Result<Vec<SignedBytes>, DriverError> {
+        let mut replies: Vec<SignedBytes> = self.store.replies(request)?.into_iter().map(SignedBytes).collect();
+        replies.truncate(SERVED_REPLIES_MAX);
+        Ok(replies)
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+}

@@ -1,0 +1,267 @@
+//! Whole-system behaviour over real processes: four `pbft-node run`
+//! replicas on 127.0.0.1, found through replica 0's address alone, driven by
+//! the library's gateway client. Every test is bounded in time and kills
+//! what it started.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use pbft_node::net::client::{Client, ClientEvent};
+use pbft_node::net::Channel;
+use pbft_node::pbft::Message;
+use pbft_node::store::Store;
+use pbft_node::wire::{limits, Digest, JobId, Operation, ReplyBody};
+use support::{wait_connected, Testnet};
+
+/// What a gateway saw of its requests.
+#[derive(Default)]
+struct Seen {
+    ordered: HashMap<Digest, JobId>,
+    results: HashMap<Digest, BTreeSet<usize>>,
+    consensus: Vec<Message>,
+}
+
+impl Seen {
+    fn take(&mut self, e: ClientEvent) {
+        match e {
+            ClientEvent::Ordered { request, job, .. } => {
+                self.ordered.insert(request, job);
+            }
+            ClientEvent::Reply { replica, reply } => {
+                if let ReplyBody::Result { .. } = reply.msg.body {
+                    self.results.entry(reply.msg.request).or_default().insert(replica);
+                }
+            }
+            ClientEvent::Consensus { message, .. } => self.consensus.push(message),
+            ClientEvent::Refused { number, reason, .. } => panic!("request {number} refused: {reason:?}"),
+        }
+    }
+
+    fn all_ordered(&self, requests: &[Digest]) -> bool {
+        requests.iter().all(|d| self.ordered.contains_key(d))
+    }
+
+    fn all_results_from(&self, requests: &[Digest], replicas: &[usize]) -> bool {
+        requests.iter().all(|d| self.results.get(d).is_some_and(|r| replicas.iter().all(|i| r.contains(i))))
+    }
+}
+
+/// Takes events until `done` holds, failing after `within`.
+async fn until(client: &mut Client, seen: &mut Seen, within: Duration, what: &str, done: impl Fn(&Seen) -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done(seen) {
+        match tokio::time::timeout_at(deadline, client.next_event()).await {
+            Ok(Some(e)) => seen.take(e),
+            Ok(None) => panic!("client stopped"),
+            Err(_) => panic!("{what}: not within {within:?}"),
+        }
+    }
+}
+
+/// Submits requests `numbers` (each pinned to a commit of its own).
+async fn submit(client: &Client, numbers: std::ops::Range<u64>) -> Vec<Digest> {
+    let mut digests = Vec::new();
+    for n in numbers {
+        let op =
+            Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: Some(format!("{n:040x}")) };
+        let req = client.request(n, Some(format!("delivery-{n}")), op);
+        digests.push(req.msg.digest());
+        client.submit(req).await;
+    }
+    digests
+}
+
+type JobLog = (u64, BTreeMap<JobId, (Digest, Vec<u8>)>);
+
+/// A replica's job log as its store holds it: (last batch, every job with
+/// its request). The replica's own signed result differs from replica to
+/// replica (it carries its signature), so it is left out.
+fn job_log(dir: &std::path::Path) -> JobLog {
+    let store = Store::open(dir).expect("store opens after the replica stopped");
+    let last = store.last_batch().unwrap();
+    let mut jobs = BTreeMap::new();
+    for seq in 1..=last {
+        for index in 0.. {
+            let job = JobId { seq, index };
+            match store.job(job).unwrap() {
+                Some(record) => jobs.insert(job, (record.request, record.request_bytes)),
+                None => break,
+            };
+        }
+    }
+    (last, jobs)
+}
+
+const REQUESTS: u64 = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_ordered_and_every_replica_logs_the_same_jobs() {
+    let started = Instant::now();
+    let mut net = Testnet::new(1);
+    net.start_all();
+    let mut client = net.client(0, false);
+    wait_connected(&client, Duration::from_secs(30)).await;
+
+    let requests = submit(&client, 1..REQUESTS + 1).await;
+    let mut seen = Seen::default();
+    until(&mut client, &mut seen, Duration::from_secs(60), "all requests ordered", |s| s.all_ordered(&requests)).await;
+    let jobs: BTreeSet<JobId> = seen.ordered.values().copied().collect();
+    assert_eq!(jobs.len(), requests.len(), "every request is a job of its own");
+    until(&mut client, &mut seen, Duration::from_secs(60), "every replica's result for every job", |s| {
+        s.all_results_from(&requests, &[0, 1, 2, 3])
+    })
+    .await;
+    client.shutdown().await;
+    net.stop_all();
+
+    let logs: Vec<JobLog> = (0..4).map(|i| job_log(&net.data_dir(i))).collect();
+    assert_eq!(logs[0].1.len(), REQUESTS as usize, "replica 0 logged every job");
+    assert_eq!(logs[0].1.keys().copied().collect::<BTreeSet<_>>(), jobs, "the jobs the gateway was told");
+    for (i, log) in logs.iter().enumerate().skip(1) {
+        assert_eq!(log, &logs[0], "replica {i}'s job log differs from replica 0's");
+    }
+    let logs = net.logs();
+    assert!(logs.contains("ordered batch"), "one log line per ordered batch");
+    eprintln!("ordered {REQUESTS} requests on 4 processes in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_outsiders_bad_signatures_and_oversized_messages_are_rejected() {
+    // Gateways: 0 honest, 1 faulty member.
+    let mut net = Testnet::new(2);
+    net.start_all();
+    let mut client = net.client(0, false);
+    wait_connected(&client, Duration::from_secs(30)).await;
+
+    // Each bad message from an identity of its own: gossipsub graylists a
+    // peer after its first rejected message.
+    let outsider_key = libp2p_identity::Keypair::generate_ed25519();
+    let outsider = net.client_with_key(outsider_key.clone(), false);
+    let garbage = net.client_with_key(libp2p_identity::Keypair::generate_ed25519(), false);
+    let oversized = net.client_with_key(libp2p_identity::Keypair::generate_ed25519(), false);
+    let forger = net.client(1, false);
+    for c in [&outsider, &garbage, &oversized, &forger] {
+        wait_connected(c, Duration::from_secs(30)).await;
+    }
+    // Let gossipsub learn the subscriptions.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let op = |n: u64| Operation::Run {
+        repo: "file:///repo".into(),
+        git_ref: "master".into(),
+        commit: Some(format!("{n:040x}")),
+    };
+    // A request signed by a non-member, in its own name.
+    outsider.publish_raw(Channel::Requests, outsider.request(1, None, op(1)).bytes().to_vec()).await;
+    // Garbage on every topic.
+    for ch in Channel::ALL {
+        garbage.publish_raw(ch, b"\x00not cbor at all\xff".to_vec()).await;
+    }
+    // The honest gateway's request with its signature's last byte flipped,
+    // published by another member.
+    let mut forged = client.request(1, None, op(1)).bytes().to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    forger.publish_raw(Channel::Requests, forged).await;
+    // Over our bound (under gossipsub's own, so it reaches validation).
+    oversized.publish_raw(Channel::Consensus, vec![0xa5; limits::ENVELOPE_BYTES_MAX + 1]).await;
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let logs = net.logs();
+    let rejected = logs.lines().filter(|l| l.contains("rejected gossip message")).count();
+    assert!(rejected >= 4, "each bad message is rejected at validation (saw {rejected} rejections)");
+    assert!(logs.contains("signed by") || logs.contains("bad signature"), "the outsider's and forger's signatures");
+    assert!(logs.contains("over the bound"), "the oversized message");
+
+    // Nothing changed: the honest gateway's requests are jobs 1.. as if
+    // nothing had happened, and nothing else was ordered.
+    let requests = submit(&client, 1..11).await;
+    let mut seen = Seen::default();
+    until(&mut client, &mut seen, Duration::from_secs(60), "honest requests ordered", |s| {
+        s.all_ordered(&requests) && s.all_results_from(&requests, &[0, 1, 2, 3])
+    })
+    .await;
+    for c in [client, outsider, garbage, oversized, forger] {
+        c.shutdown().await;
+    }
+    net.stop_all();
+    for i in 0..4 {
+        let (_, jobs) = job_log(&net.data_dir(i));
+        assert_eq!(jobs.len(), requests.len(), "replica {i} ordered the honest requests and nothing else");
+    }
+}
+
+/// (signer, kind, view, seq) of a protocol message, and its bytes.
+fn slot(m: &Message) -> ((String, &'static str, u64, u64), Vec<u8>) {
+    let (kind, view, seq) = match m {
+        Message::PrePrepare(s) => ("pre-prepare", s.msg.view, s.msg.seq),
+        Message::Prepare(s) => ("prepare", s.msg.view, s.msg.seq),
+        Message::Commit(s) => ("commit", s.msg.view, s.msg.seq),
+        Message::Checkpoint(s) => ("checkpoint", 0, s.msg.seq),
+        Message::ViewChange(s) => ("view-change", s.msg.view, 0),
+        Message::NewView(s) => ("new-view", s.msg.view, 0),
+    };
+    ((m.signer().to_string(), kind, view, seq), m.bytes().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_killed_under_load_restarts_catches_up_and_never_equivocates() {
+    // Gateways: 0 submits, 1 observes the consensus topic.
+    let mut net = Testnet::new(2);
+    net.start_all();
+    let mut client = net.client(0, false);
+    let mut observer = net.client(1, true);
+    wait_connected(&client, Duration::from_secs(30)).await;
+    wait_connected(&observer, Duration::from_secs(30)).await;
+    let mut seen = Seen::default();
+    let mut watched = Seen::default();
+
+    let first = submit(&client, 1..101).await;
+    // Under load: kill -9 a backup while requests are in flight.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    net.kill(2);
+    let during = submit(&client, 101..201).await;
+    until(&mut client, &mut seen, Duration::from_secs(60), "ordered by the three left", |s| {
+        s.all_ordered(&first) && s.all_ordered(&during)
+    })
+    .await;
+    // Back from its data dir, same key.
+    net.start(2);
+    let after = submit(&client, 201..251).await;
+    until(&mut client, &mut seen, Duration::from_secs(90), "the restarted replica runs the latest jobs", |s| {
+        s.all_ordered(&after) && s.all_results_from(&after, &[0, 1, 2, 3])
+    })
+    .await;
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), observer.next_event()).await {
+        watched.take(e);
+    }
+    client.shutdown().await;
+    observer.shutdown().await;
+    net.stop_all();
+
+    // Never two different signed messages from one signer for one slot.
+    let mut by_slot: HashMap<(String, &'static str, u64, u64), BTreeSet<Vec<u8>>> = HashMap::new();
+    for m in &watched.consensus {
+        let (key, bytes) = slot(m);
+        by_slot.entry(key).or_default().insert(bytes);
+    }
+    assert!(!by_slot.is_empty(), "the observer saw the consensus traffic");
+    for (key, versions) in &by_slot {
+        assert_eq!(versions.len(), 1, "{key:?} signed {} different ways", versions.len());
+    }
+    let restarted = net.replica_keys[2].public().to_peer_id().to_string();
+    assert!(by_slot.keys().any(|k| k.0 == restarted), "the restarted replica's messages were watched");
+
+    // Its job log matches the others' wherever it has the job (jobs it
+    // learnt by state transfer only it never ran, and does not log).
+    let logs: Vec<JobLog> = (0..4).map(|i| job_log(&net.data_dir(i))).collect();
+    for i in [1, 3] {
+        assert_eq!(logs[i], logs[0], "replica {i}'s job log differs from replica 0's");
+    }
+    assert_eq!(logs[2].0, logs[0].0, "the restarted replica reached the same last batch");
+    for (job, record) in &logs[2].1 {
+        assert_eq!(logs[0].1.get(job), Some(record), "job {job} differs on the restarted replica");
+    }
+}

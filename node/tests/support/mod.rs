@@ -1,0 +1,200 @@
+//! A loopback testnet of real `pbft-node run` processes for the
+//! multi-process tests: keys and membership in a temporary directory,
+//! replica 0 on a known port, the others finding the network only through
+//! `--bootstrap` of replica 0. Every process is killed when the testnet is
+//! dropped, whatever the test did. Only 127.0.0.1 is ever used.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p_identity::Keypair;
+use pbft_node::membership::{Member, Membership};
+use pbft_node::net::client::{Client, ClientConfig};
+
+pub struct Testnet {
+    pub dir: tempfile::TempDir,
+    pub replica_keys: Vec<Keypair>,
+    /// Member gateways: [0] submits, the others are observers or faulty.
+    pub gateway_keys: Vec<Keypair>,
+    pub membership: Arc<Membership>,
+    pub members_file: PathBuf,
+    pub port0: u16,
+    pub procs: Vec<Option<Child>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Testnet {
+    pub fn new(gateways: usize) -> Testnet {
+        let dir = tempfile::tempdir().unwrap();
+        let replica_keys: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
+        let gateway_keys: Vec<Keypair> = (0..gateways).map(|_| Keypair::generate_ed25519()).collect();
+        let member = |k: &Keypair| Member { peer_id: k.public().to_peer_id(), addr: None };
+        let membership = Membership::new(
+            "multi-process-test".into(),
+            replica_keys.iter().map(member).collect(),
+            gateway_keys.iter().map(member).collect(),
+            vec!["file:///".into()],
+        )
+        .unwrap();
+        let members_file = dir.path().join("members.toml");
+        std::fs::write(&members_file, membership.to_toml()).unwrap();
+        for (i, k) in replica_keys.iter().enumerate() {
+            pbft_node::keys::save(&dir.path().join(format!("replica{i}.key")), k, false).unwrap();
+        }
+        Testnet {
+            dir,
+            replica_keys,
+            gateway_keys,
+            membership: Arc::new(membership),
+            members_file,
+            port0: free_port(),
+            procs: (0..4).map(|_| None).collect(),
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}", self.port0)
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("data{i}"))
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// Starts replica `i` (again, if it ran before: same key, same data dir).
+    pub fn start(&mut self, i: usize) {
+        let port = if i == 0 { self.port0 } else { 0 };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pbft-node"));
+        cmd.arg("run")
+            .arg("--key")
+            .arg(self.dir.path().join(format!("replica{i}.key")))
+            .arg("--members")
+            .arg(&self.members_file)
+            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")])
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .arg("--log-dir")
+            .arg(self.log_dir())
+            .args(["--executor", "none"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if i != 0 {
+            cmd.args(["--bootstrap", &self.bootstrap()]);
+        }
+        self.procs[i] = Some(cmd.spawn().expect("pbft-node starts"));
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..4 {
+            self.start(i);
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit (bounded).
+    pub fn stop(&mut self, i: usize) {
+        let Some(mut c) = self.procs[i].take() else { return };
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match c.try_wait() {
+                Ok(Some(status)) => {
+                    assert!(status.success(), "replica {i} exited with {status} on SIGTERM");
+                    return;
+                }
+                _ if Instant::now() > deadline => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("replica {i} did not stop within 15 s of SIGTERM");
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    pub fn stop_all(&mut self) {
+        for i in 0..4 {
+            self.stop(i);
+        }
+    }
+
+    /// A client for member gateway `g`, found through replica 0.
+    pub fn client(&self, g: usize, observe_consensus: bool) -> Client {
+        self.client_with_key(self.gateway_keys[g].clone(), observe_consensus)
+    }
+
+    pub fn client_with_key(&self, key: Keypair, observe_consensus: bool) -> Client {
+        let mut cfg = ClientConfig::new(key, self.membership.clone());
+        cfg.bootstrap = vec![self.bootstrap()];
+        cfg.observe_consensus = observe_consensus;
+        cfg.retry = Duration::from_millis(500);
+        Client::start(cfg).expect("client starts")
+    }
+
+    /// Every log line of every replica so far.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.log_dir()) {
+            for e in entries.flatten() {
+                all += &std::fs::read_to_string(e.path()).unwrap_or_default();
+            }
+        }
+        all
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        for i in 0..self.procs.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            // Keep the evidence: the logs outlive the temporary directory.
+            let kept = std::env::temp_dir().join(format!("pbft-ci-test-logs-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&kept);
+            if let Ok(entries) = std::fs::read_dir(self.log_dir()) {
+                for e in entries.flatten() {
+                    let _ = std::fs::copy(e.path(), kept.join(e.file_name()));
+                }
+            }
+            eprintln!("replica logs kept in {}; the last lines:\n{}", kept.display(), tail(&self.logs(), 40));
+        }
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Waits until `client` is connected to all 4 replicas.
+pub async fn wait_connected(client: &Client, within: Duration) {
+    let deadline = Instant::now() + within;
+    while client.connected_replicas().await < 4 {
+        assert!(Instant::now() < deadline, "client not connected to every replica within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
