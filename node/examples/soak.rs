@@ -14,10 +14,9 @@ fn main() {
     let seeds: u64 = args.next().map(|s| s.parse().expect("SEEDS is a number")).unwrap_or(1000);
     let first: u64 = args.next().map(|s| s.parse().expect("FIRST_SEED is a number")).unwrap_or(0);
     // A scenario: a fault class, with or without a Byzantine replica.
-    let all: Vec<(FaultClass, Option<Byzantine>)> = FaultClass::ALL
-        .into_iter()
-        .map(|c| (c, None))
-        .chain(FaultClass::ALL.into_iter().map(|c| (c, Some(Byzantine::EquivocatingPrimary))))
+    let all: Vec<(FaultClass, Option<Byzantine>)> = std::iter::once(None)
+        .chain(Byzantine::ALL.into_iter().map(Some))
+        .flat_map(|b| FaultClass::ALL.into_iter().map(move |c| (c, b)))
         .collect();
     let name = |(c, b): &(FaultClass, Option<Byzantine>)| match b {
         None => format!("{c:?}"),

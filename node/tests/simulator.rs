@@ -74,40 +74,57 @@ fn runs_order_every_request_and_cross_checkpoints() {
     assert!(r.max_executed >= 8, "executed up to seq {}", r.max_executed);
 }
 
-fn equivocating(n: usize, class: FaultClass, seed: u64, weaken: bool) -> pbft_node::sim::Report {
-    let mut cfg = SimConfig::new(n, seed, class);
+fn equivocating_with_weak_quorums(seed: u64) -> pbft_node::sim::Report {
+    let mut cfg = SimConfig::new(4, seed, FaultClass::Reorder);
     cfg.byzantine = Some(Byzantine::EquivocatingPrimary);
-    if weaken {
-        // One prepare makes a slot prepared, one commit committed.
-        cfg.unsafe_quorum_override = Some((1, 1));
-    }
+    // One prepare makes a slot prepared, one commit committed.
+    cfg.unsafe_quorum_override = Some((1, 1));
     run(cfg)
 }
 
-/// The primary sends one pre-prepare to half the backups and another to the
-/// rest, under every other fault at once: no split, and the backups replace
-/// it and order every request.
-fn assert_equivocation_survived(n: usize) {
+/// A Byzantine replica under every other fault at once (drops, duplicates,
+/// reordering, delays, crashes of backups and of the primary): no split,
+/// no correct replica signs conflicting messages, and after the network
+/// heals every request is ordered.
+fn assert_byzantine_survived(n: usize, byzantine: Byzantine) {
     for seed in 0..SEEDS {
-        let r = equivocating(n, FaultClass::Mixed, seed, false);
-        assert!(r.ok(), "seed {seed}, n = {n}: {:?}", r.violations);
+        let mut cfg = SimConfig::new(n, seed, FaultClass::Mixed);
+        cfg.byzantine = Some(byzantine);
+        let r = run(cfg);
+        assert!(r.ok(), "{byzantine:?}, seed {seed}, n = {n}: {:?}", r.violations);
     }
 }
 
-#[test]
-fn an_equivocating_primary_cannot_split_correct_replicas_n4() {
-    assert_equivocation_survived(4);
+macro_rules! byzantine_sweeps {
+    ($($name:ident: $n:expr, $b:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                assert_byzantine_survived($n, $b);
+            }
+        )*
+    };
 }
 
-#[test]
-fn an_equivocating_primary_cannot_split_correct_replicas_n7() {
-    assert_equivocation_survived(7);
+byzantine_sweeps! {
+    an_equivocating_primary_cannot_split_correct_replicas_n4: 4, Byzantine::EquivocatingPrimary;
+    an_equivocating_primary_cannot_split_correct_replicas_n7: 7, Byzantine::EquivocatingPrimary;
+    a_silent_primary_is_replaced_n4: 4, Byzantine::SilentPrimary;
+    a_silent_primary_is_replaced_n7: 7, Byzantine::SilentPrimary;
+    a_silent_new_primary_is_replaced_in_turn_n4: 4, Byzantine::SilentNextPrimary;
+    a_silent_new_primary_is_replaced_in_turn_n7: 7, Byzantine::SilentNextPrimary;
+    forged_and_garbled_messages_change_nothing_n4: 4, Byzantine::Forger;
+    forged_and_garbled_messages_change_nothing_n7: 7, Byzantine::Forger;
+    replayed_old_messages_change_nothing_n4: 4, Byzantine::Replayer;
+    replayed_old_messages_change_nothing_n7: 7, Byzantine::Replayer;
+    wrong_checkpoint_digests_change_nothing_n4: 4, Byzantine::WrongCheckpoints;
+    wrong_checkpoint_digests_change_nothing_n7: 7, Byzantine::WrongCheckpoints;
 }
 
 #[test]
 fn a_weakened_quorum_is_caught_by_the_agreement_checker() {
     let caught = (0..20)
-        .map(|seed| equivocating(4, FaultClass::Reorder, seed, true))
+        .map(equivocating_with_weak_quorums)
         .filter(|r| r.violations.iter().any(|v| v.what.starts_with("agreement")))
         .count();
     assert!(caught > 0, "with 1-of-n quorums an equivocating primary must split the replicas in some seed");

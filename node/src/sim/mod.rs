@@ -101,6 +101,37 @@ pub enum Byzantine {
     /// Replica 0, primary of view 0, sends one pre-prepare to half the
     /// backups and a different one for the same slot to the others.
     EquivocatingPrimary,
+    /// Replica 0, the first primary, sends nothing at all.
+    SilentPrimary,
+    /// Replica 1, primary of view 1, never announces its view: the backups
+    /// must change view again (back-to-back view changes).
+    SilentNextPrimary,
+    /// Replica 0 sends, besides each message, a garbled copy, a copy claiming
+    /// another replica signed it, and random bytes.
+    Forger,
+    /// Replica 0 replays messages it sent or saw earlier (old views, old slots).
+    Replayer,
+    /// Replica 0 signs CHECKPOINTs with wrong state digests.
+    WrongCheckpoints,
+}
+
+impl Byzantine {
+    pub const ALL: [Byzantine; 6] = [
+        Byzantine::EquivocatingPrimary,
+        Byzantine::SilentPrimary,
+        Byzantine::SilentNextPrimary,
+        Byzantine::Forger,
+        Byzantine::Replayer,
+        Byzantine::WrongCheckpoints,
+    ];
+
+    /// The replica that misbehaves.
+    pub fn replica(self) -> usize {
+        match self {
+            Byzantine::SilentNextPrimary => 1,
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -234,6 +265,8 @@ pub struct Sim {
     opened: HashMap<usize, (Arc<[u8]>, Opened)>,
     trace: Sha256,
     events_run: u64,
+    /// Messages a replaying replica may send again.
+    replay_pool: Vec<Arc<[u8]>>,
     /// What each correct replica signed, by (signer, kind, view, seq).
     signed: HashMap<(PeerId, u8, u64, u64), crate::wire::Digest>,
     pub checker: Checker,
@@ -277,6 +310,7 @@ impl Sim {
             trace: Sha256::new(),
             events_run: 0,
             signed: HashMap::new(),
+            replay_pool: Vec::new(),
             checker: Checker::default(),
             cfg,
         };
@@ -327,7 +361,7 @@ impl Sim {
     }
 
     fn is_byzantine(&self, replica: usize) -> bool {
-        self.cfg.byzantine.is_some() && replica == 0
+        self.cfg.byzantine.is_some_and(|b| b.replica() == replica)
     }
 
     /// Sends over the simulated network: drop, duplicate, delay.
@@ -451,8 +485,13 @@ impl Sim {
             Outbound::Signed { to, bytes } => {
                 self.observe(&bytes);
                 let targets = self.targets(from, &to);
-                let equivocate = !correct
-                    && self.cfg.byzantine == Some(Byzantine::EquivocatingPrimary)
+                let byzantine = if correct { None } else { self.cfg.byzantine };
+                if let Some(b) = byzantine {
+                    if self.misbehave(b, from, &bytes, &targets) {
+                        return;
+                    }
+                }
+                let equivocate = byzantine == Some(Byzantine::EquivocatingPrimary)
                     && matches!(self.open(&bytes), Opened::Message(Message::PrePrepare(_)));
                 if equivocate {
                     let other = self.forge_variant(from, &bytes);
@@ -466,6 +505,7 @@ impl Sim {
                     }
                 }
             }
+            _ if !correct && self.cfg.byzantine == Some(Byzantine::SilentPrimary) => {}
             Outbound::FetchRequests { to, digests } => self.send(from, Some(to), None, Payload::Fetch(digests)),
             Outbound::Status { to, status } => {
                 for t in self.targets(from, &to) {
@@ -473,6 +513,62 @@ impl Sim {
                 }
             }
             Outbound::State { to, proof, state } => self.send(from, Some(to), None, Payload::State { proof, state }),
+        }
+    }
+
+    /// Byzantine behaviour around one signed message; true when the message
+    /// itself must not go out as it is.
+    fn misbehave(&mut self, b: Byzantine, from: usize, bytes: &Arc<[u8]>, targets: &[usize]) -> bool {
+        let network = self.shared.network;
+        match b {
+            Byzantine::EquivocatingPrimary => false,
+            Byzantine::SilentPrimary => true,
+            Byzantine::SilentNextPrimary => matches!(
+                self.open(bytes),
+                Opened::Message(Message::NewView(_)) | Opened::Message(Message::PrePrepare(_))
+            ),
+            Byzantine::Forger => {
+                let mut garbled = bytes.to_vec();
+                let at = self.rng.random_range(0..garbled.len());
+                garbled[at] ^= 1 << self.rng.random_range(0..8);
+                let mut forged = None;
+                if let Ok(mut env) = crate::wire::decode::<Envelope>(bytes, usize::MAX) {
+                    // Claim another replica signed it; the signature stays ours.
+                    let other = (from + 1 + self.rng.random_range(0..self.cfg.n - 1)) % self.cfg.n;
+                    env.signer = self.shared.membership.replica_ids()[other];
+                    forged = Some(crate::wire::encode(&env));
+                }
+                let noise: Vec<u8> = (0..self.rng.random_range(0..200)).map(|_| self.rng.random()).collect();
+                for &t in targets {
+                    for junk in [Some(garbled.clone()), forged.clone(), Some(noise.clone())].into_iter().flatten() {
+                        self.send(from, Some(t), None, Payload::Signed(junk.into()));
+                    }
+                }
+                false
+            }
+            Byzantine::Replayer => {
+                self.replay_pool.push(bytes.clone());
+                if self.replay_pool.len() > 512 {
+                    let k = self.rng.random_range(0..self.replay_pool.len());
+                    self.replay_pool.swap_remove(k);
+                }
+                let old = self.replay_pool[self.rng.random_range(0..self.replay_pool.len())].clone();
+                let to = self.rng.random_range(0..self.cfg.n);
+                if to != from {
+                    self.send(from, Some(to), None, Payload::Signed(old));
+                }
+                false
+            }
+            Byzantine::WrongCheckpoints => {
+                let Opened::Message(Message::Checkpoint(c)) = self.open(bytes) else { return false };
+                let mut msg = c.msg.clone();
+                msg.state = Digest::of_parts(b"sim/wrong-state", &[&msg.state.0]);
+                let wrong = Signed::seal(msg, &network, self.nodes[from].key.as_ref()).shared_bytes();
+                for &t in targets {
+                    self.send(from, Some(t), None, Payload::Signed(wrong.clone()));
+                }
+                true
+            }
         }
     }
 
