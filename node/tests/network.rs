@@ -265,3 +265,45 @@ async fn a_backup_killed_under_load_restarts_catches_up_and_never_equivocates() 
         assert_eq!(logs[0].1.get(job), Some(record), "job {job} differs on the restarted replica");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_replaced_by_a_view_change_and_catches_up_on_restart() {
+    let mut net = Testnet::new(1);
+    net.start_all();
+    let mut client = net.client(0, false);
+    wait_connected(&client, Duration::from_secs(30)).await;
+    let mut seen = Seen::default();
+
+    let before = submit(&client, 1..51).await;
+    until(&mut client, &mut seen, Duration::from_secs(60), "ordered in view 0", |s| s.all_ordered(&before)).await;
+    // kill -9 the primary of view 0: the requests after it wait for the
+    // backups' timers, a VIEW-CHANGE and replica 1's NEW-VIEW.
+    net.kill(0);
+    let during = submit(&client, 51..101).await;
+    until(&mut client, &mut seen, Duration::from_secs(90), "ordered without the primary", |s| {
+        s.all_ordered(&during) && s.all_results_from(&during, &[1, 2, 3])
+    })
+    .await;
+    assert!(net.logs().lines().any(|l| l.contains("ordered batch") && !l.contains("view=0")), "a later view ordered");
+    // The old primary comes back, learns the new view and catches up.
+    net.start(0);
+    let after = submit(&client, 101..121).await;
+    until(&mut client, &mut seen, Duration::from_secs(90), "the old primary runs the latest jobs", |s| {
+        s.all_ordered(&after) && s.all_results_from(&after, &[0, 1, 2, 3])
+    })
+    .await;
+    let jobs: BTreeSet<JobId> = seen.ordered.values().copied().collect();
+    assert_eq!(jobs.len(), 120, "every request is a job of its own");
+    client.shutdown().await;
+    net.stop_all();
+
+    let logs: Vec<JobLog> = (0..4).map(|i| job_log(&net.data_dir(i))).collect();
+    for i in [2, 3] {
+        assert_eq!(logs[i], logs[1], "replica {i}'s job log differs from replica 1's");
+    }
+    assert_eq!(logs[1].1.len(), 120);
+    assert_eq!(logs[0].0, logs[1].0, "the old primary reached the same last batch");
+    for (job, record) in &logs[0].1 {
+        assert_eq!(logs[1].1.get(job), Some(record), "job {job} differs on the old primary");
+    }
+}

@@ -224,6 +224,16 @@ impl Driver {
 
     /// The driver contract: persist, then send, then record and execute.
     fn handle(&mut self, ready: Ready) -> Result<(), DriverError> {
+        if !ready.is_empty() {
+            tracing::trace!(
+                persist = ready.persist.len(),
+                messages = ready.messages.len(),
+                replies = ready.replies.len(),
+                execute = ready.execute.len(),
+                wake_at = ?ready.wake_at.map(|w| w.saturating_sub(self.now())),
+                "ready"
+            );
+        }
         if !ready.persist.is_empty() {
             self.store.persist(&ready.persist)?;
         }
@@ -381,6 +391,7 @@ impl Driver {
     }
 
     fn on_net_event(&mut self, event: NetEvent) -> Result<(), DriverError> {
+        tracing::trace!(?event, "net event");
         match event {
             NetEvent::Signed { opened: Opened::Request(r), .. } => self.input(Input::Request(r)),
             NetEvent::Signed { opened: Opened::Message(m), .. } => self.input(Input::Message(m)),
