@@ -48,6 +48,8 @@ sweeps! {
     backups_crash_and_restart_n7: 7, FaultClass::CrashRestart;
     primary_crashes_n4: 4, FaultClass::PrimaryCrash;
     primary_crashes_n7: 7, FaultClass::PrimaryCrash;
+    partitions_heal_n4: 4, FaultClass::Partition;
+    partitions_heal_n7: 7, FaultClass::Partition;
     all_faults_mixed_n4: 4, FaultClass::Mixed;
     all_faults_mixed_n7: 7, FaultClass::Mixed;
 }
@@ -68,9 +70,9 @@ fn a_seed_replays_the_same_trace() {
 fn runs_order_every_request_and_cross_checkpoints() {
     let r = run(SimConfig::new(4, 7, FaultClass::Clean));
     assert!(r.ok(), "{:?}", r.violations);
-    // 24 requests, some redelivered: most become jobs, spread over batches of
+    // 16 requests, some redelivered: most become jobs, spread over batches of
     // at most 4, so the run crosses several checkpoints (K = 4) and windows.
-    assert!(r.jobs >= 12, "jobs: {}", r.jobs);
+    assert!(r.jobs >= 10, "jobs: {}", r.jobs);
     assert!(r.max_executed >= 8, "executed up to seq {}", r.max_executed);
 }
 

@@ -46,6 +46,9 @@ pub struct Faults {
     pub crash_restart: bool,
     /// Crash the primary (of the highest view) once or twice; it restarts later.
     pub crash_primary: bool,
+    /// Split the replicas into two sides for a while, once or twice; the
+    /// split heals by `heal_at_ms` (the global stabilisation time).
+    pub partition: bool,
 }
 
 /// The named fault classes the tests sweep.
@@ -58,11 +61,12 @@ pub enum FaultClass {
     Delay,
     CrashRestart,
     PrimaryCrash,
+    Partition,
     Mixed,
 }
 
 impl FaultClass {
-    pub const ALL: [FaultClass; 8] = [
+    pub const ALL: [FaultClass; 9] = [
         FaultClass::Clean,
         FaultClass::Drop,
         FaultClass::Duplicate,
@@ -70,6 +74,7 @@ impl FaultClass {
         FaultClass::Delay,
         FaultClass::CrashRestart,
         FaultClass::PrimaryCrash,
+        FaultClass::Partition,
         FaultClass::Mixed,
     ];
 
@@ -83,6 +88,7 @@ impl FaultClass {
             FaultClass::Delay => Faults { long_delay_ms: 700, ..base },
             FaultClass::CrashRestart => Faults { crash_restart: true, ..base },
             FaultClass::PrimaryCrash => Faults { crash_primary: true, latency_ms: (1, 10), ..base },
+            FaultClass::Partition => Faults { partition: true, latency_ms: (1, 10), ..base },
             FaultClass::Mixed => Faults {
                 drop: 0.05,
                 duplicate: 0.1,
@@ -90,6 +96,7 @@ impl FaultClass {
                 long_delay_ms: 300,
                 crash_restart: true,
                 crash_primary: true,
+                partition: true,
             },
         }
     }
@@ -160,7 +167,7 @@ impl SimConfig {
         SimConfig {
             n,
             seed,
-            requests: 24,
+            requests: 16,
             gateways: 2,
             faults: class.faults(),
             byzantine: None,
@@ -265,6 +272,8 @@ pub struct Sim {
     opened: HashMap<usize, (Arc<[u8]>, Opened)>,
     trace: Sha256,
     events_run: u64,
+    /// (start, end, side of each replica): messages between sides are lost.
+    partitions: Vec<(Millis, Millis, Vec<bool>)>,
     /// Messages a replaying replica may send again.
     replay_pool: Vec<Arc<[u8]>>,
     /// What each correct replica signed, by (signer, kind, view, seq).
@@ -311,6 +320,7 @@ impl Sim {
             events_run: 0,
             signed: HashMap::new(),
             replay_pool: Vec::new(),
+            partitions: Vec::new(),
             checker: Checker::default(),
             cfg,
         };
@@ -328,6 +338,19 @@ impl Sim {
             sim.schedule(at, Event::Submit { gateway });
         }
         sim.schedule(0, Event::GatewayTick);
+        if sim.cfg.faults.partition {
+            for _ in 0..sim.rng.random_range(1..=2) {
+                let start = sim.rng.random_range(0..sim.cfg.heal_at_ms / 2);
+                let end = (start + sim.rng.random_range(200..1_500)).min(sim.cfg.heal_at_ms);
+                let side: Vec<bool> = loop {
+                    let side: Vec<bool> = (0..sim.cfg.n).map(|_| sim.rng.random_bool(0.5)).collect();
+                    if side.iter().any(|s| *s) && side.iter().any(|s| !*s) {
+                        break side;
+                    }
+                };
+                sim.partitions.push((start, end, side));
+            }
+        }
         if sim.cfg.faults.crash_primary {
             for _ in 0..sim.rng.random_range(1..=2) {
                 let at = sim.rng.random_range(0..sim.cfg.submit_until_ms);
@@ -368,6 +391,14 @@ impl Sim {
     fn send(&mut self, from: usize, to_replica: Option<usize>, to_gateway: Option<usize>, payload: Payload) {
         let f = self.cfg.faults;
         let faulty = self.faulty();
+        if let Some(to) = to_replica {
+            let now = self.now;
+            let cut =
+                self.partitions.iter().any(|(start, end, side)| now >= *start && now < *end && side[from] != side[to]);
+            if cut {
+                return;
+            }
+        }
         if faulty && f.drop > 0.0 && self.rng.random_bool(f.drop) {
             return;
         }

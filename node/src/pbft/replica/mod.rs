@@ -88,7 +88,9 @@ pub struct Replica {
     /// Our own state digest and encoding at each checkpoint sequence number
     /// not yet stable; `bool` is whether our CHECKPOINT went out.
     own_checkpoints: BTreeMap<u64, (Digest, Arc<[u8]>, bool)>,
-    checkpoint_votes: BTreeMap<u64, BTreeMap<usize, Signed<Checkpoint>>>,
+    /// CHECKPOINTs by seq, then by (replica, state digest): a replica that
+    /// equivocates may hold two, and each digest counts its own signers.
+    checkpoint_votes: BTreeMap<u64, BTreeMap<(usize, Digest), Signed<Checkpoint>>>,
     stable_proof: Vec<Signed<Checkpoint>>,
     stable_state: Arc<[u8]>,
 
@@ -285,6 +287,10 @@ impl Replica {
                 )
             })
             .collect();
+        let votes: Vec<String> =
+            self.checkpoint_votes.iter().map(|(s, v)| format!("{s}:{:?}", v.keys().collect::<Vec<_>>())).collect();
+        let own: Vec<String> =
+            self.own_checkpoints.iter().map(|(s, (d, _, sent))| format!("{s}:{d:?}:{sent}")).collect();
         format!(
             "view {} changing {} executed {} low {} next_seq {} requests {} queued {} waiting {:?} fetches {} slots [{}]",
             self.view,
@@ -298,6 +304,7 @@ impl Replica {
             self.fetches.len(),
             slots.join(" ")
         )
+            + &format!(" checkpoint votes [{}] own [{}] acked {}", votes.join(" "), own.join(" "), self.acked)
     }
 
     // --- helpers ---
@@ -688,27 +695,27 @@ impl Replica {
             return;
         }
         let votes = self.checkpoint_votes.entry(seq).or_default();
-        if let Some(old) = votes.get(&from) {
-            let (a, b) = (old.shared_bytes(), c.shared_bytes());
-            self.note_equivocation(from, a, b);
+        if votes.contains_key(&(from, c.msg.state)) {
+            return;
+        }
+        // A second, different digest from one replica is evidence; it is
+        // kept (the other one may be the lie that others never saw), a third
+        // is not: at most two votes per replica and seq.
+        let earlier: Vec<Arc<[u8]>> = votes
+            .range((from, Digest::default())..)
+            .take_while(|((i, _), _)| *i == from)
+            .map(|(_, v)| v.shared_bytes())
+            .collect();
+        if earlier.len() >= 2 {
             return;
         }
         let bytes = c.shared_bytes();
-        votes.insert(from, c);
+        votes.insert((from, c.msg.state), c);
+        if let Some(first) = earlier.into_iter().next() {
+            self.note_equivocation(from, first, bytes.clone());
+        }
         if from != self.me {
             self.persist(bytes);
-        }
-        // Bound memory: a replica's votes beyond one window above ours are
-        // kept only for its highest few sequence numbers.
-        let keep = self.cfg.window / self.cfg.checkpoint_interval + 2;
-        let mine: Vec<u64> =
-            self.checkpoint_votes.iter().filter(|(_, v)| v.contains_key(&from)).map(|(s, _)| *s).collect();
-        if mine.len() as u64 > keep {
-            for s in &mine[..mine.len() - keep as usize] {
-                if let Some(v) = self.checkpoint_votes.get_mut(s) {
-                    v.remove(&from);
-                }
-            }
         }
         self.check_stable(seq);
     }
@@ -892,7 +899,9 @@ impl Replica {
             out.extend(slot.prepares.values().map(|p| p.shared_bytes()));
             out.extend(slot.commits.values().map(|c| c.shared_bytes()));
         }
-        if let Some(c) = self.checkpoint_votes.values().flat_map(|v| v.get(&self.me)).next_back() {
+        let me = self.me;
+        let own = self.checkpoint_votes.values().flat_map(|v| v.iter().filter(|((i, _), _)| *i == me)).next_back();
+        if let Some((_, c)) = own {
             out.push(c.shared_bytes());
         }
         for bytes in out {

@@ -209,17 +209,35 @@ impl Replica {
         // came before the losing pre-prepare did).
         let in_slot = self.slots.get(&seq).map(|s| &s.commits);
         let all: Vec<(&usize, &Signed<Commit>)> = l.commits.iter().chain(in_slot.into_iter().flatten()).collect();
-        let winner = l.pre_prepares.iter().find_map(|((view, batch), pp)| {
+        // The slot's own pre-prepare is a candidate too (our own, as primary,
+        // never comes back to us over the network).
+        let own = self
+            .slots
+            .get(&seq)
+            .and_then(|s| s.pre_prepare.as_ref())
+            .map(|pp| ((pp.msg.view, pp.msg.batch_digest()), pp));
+        let winner = l.pre_prepares.iter().map(|(k, pp)| (*k, pp)).chain(own).find_map(|((view, batch), pp)| {
             let matching: BTreeMap<usize, Signed<Commit>> = all
                 .iter()
-                .filter(|(_, c)| c.msg.view == *view && c.msg.batch == *batch)
+                .filter(|(_, c)| c.msg.view == view && c.msg.batch == batch)
                 .map(|(i, c)| (**i, (*c).clone()))
                 .collect();
-            (matching.len() >= self.q.quorum()).then(|| (pp.clone(), *batch, matching))
+            (matching.len() >= self.q.quorum()).then(|| (pp.clone(), batch, matching))
         });
         let Some((pp, batch, matching)) = winner else { return };
         if self.slots.get(&seq).is_some_and(|s| s.committed) {
             return;
+        }
+        // The slot is being ordered again in a later view with the same batch
+        // (as NEW-VIEW guarantees): it is committed, and this replica keeps
+        // voting in the current view, where others may still need its votes.
+        if let Some(slot) = self.slots.get_mut(&seq) {
+            if slot.pre_prepare.as_ref().is_some_and(|p| p.msg.view > pp.msg.view && slot.batch == batch) {
+                slot.committed = true;
+                self.vc.learned.remove(&seq);
+                self.try_execute();
+                return;
+            }
         }
         let digests = pp.msg.requests.clone();
         // A different pre-prepare we held for this slot lost: its requests
