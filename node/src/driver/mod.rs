@@ -14,6 +14,7 @@
 //! (that is `net`'s).
 
 pub mod executor;
+mod results;
 pub mod shutdown;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -91,9 +92,15 @@ pub async fn run(cfg: NodeConfig, mut shutdown: Shutdown) -> Result<(), DriverEr
             }
             _ = &mut driver.wake => driver.replica.step(driver.now(), Input::Tick),
             Some(done) = driver.done_rx.recv() => {
-                driver.on_job_done(done)?;
+                driver.on_job_done(done).await;
                 while let Ok(done) = driver.done_rx.try_recv() {
-                    driver.on_job_done(done)?;
+                    driver.on_job_done(done).await;
+                }
+            }
+            Some(stored) = driver.results.stored.recv() => {
+                driver.on_stored(stored)?;
+                while let Ok(stored) = driver.results.stored.try_recv() {
+                    driver.on_stored(stored)?;
                 }
             }
         }
@@ -110,7 +117,8 @@ struct JobDone {
 
 struct Driver {
     replica: Replica,
-    store: Store,
+    store: Arc<Store>,
+    results: results::Writer,
     net: Net,
     key: Arc<Keypair>,
     membership: Arc<Membership>,
@@ -136,7 +144,7 @@ impl Driver {
             return Err(DriverError::NotAReplica(me));
         }
         let key = Arc::new(cfg.key.clone());
-        let store = Store::open(&cfg.data_dir)?;
+        let store = Arc::new(Store::open(&cfg.data_dir)?);
         let records = store.records()?;
         let restored = records.len();
         let core_cfg = Config::new(cfg.membership.network_id(), cfg.membership.replica_ids());
@@ -164,6 +172,7 @@ impl Driver {
         let started = Instant::now();
         let mut driver = Driver {
             replica,
+            results: results::Writer::start(store.clone()),
             store,
             net,
             key,
@@ -208,6 +217,7 @@ impl Driver {
     /// it (batches recorded) until there are none, then sends the replies
     /// gathered this round.
     fn flush(&mut self) -> Result<(), DriverError> {
+        let (view, changing) = (self.replica.view(), self.replica.in_view_change());
         loop {
             let ready = self.replica.take_ready();
             self.handle(ready)?;
@@ -219,6 +229,18 @@ impl Driver {
             }
         }
         self.flush_replies();
+        if (view, changing) != (self.replica.view(), self.replica.in_view_change()) {
+            let primary = self.replica.view() % self.replicas.len() as u64;
+            if self.replica.in_view_change() {
+                warn!(
+                    view = self.replica.view(),
+                    "view change: asking for view {} (primary {primary})",
+                    self.replica.view()
+                );
+            } else {
+                info!(view = self.replica.view(), primary, "view change: now in view {}", self.replica.view());
+            }
+        }
         Ok(())
     }
 
@@ -369,8 +391,9 @@ impl Driver {
         self.running.insert(job, task.abort_handle());
     }
 
-    /// Signs the job's result (or abstention), stores it, sends it.
-    fn on_job_done(&mut self, done: JobDone) -> Result<(), DriverError> {
+    /// Signs the job's result (or abstention) and hands it to the writer;
+    /// it is sent once stored.
+    async fn on_job_done(&mut self, done: JobDone) {
         self.running.remove(&done.job);
         let req = &done.request.msg;
         let body = match done.outcome {
@@ -384,9 +407,20 @@ impl Driver {
         let reply =
             Reply { view: self.replica.view(), gateway: req.gateway, number: req.number, request: digest, body };
         let sealed = Signed::seal(reply, &self.membership.network_id(), self.key.as_ref());
-        self.store.put_reply(digest, done.job, sealed.bytes())?;
         debug!(job = %done.job, "job done");
-        self.replies.entry(req.gateway).or_default().push(SignedBytes(sealed.bytes().to_vec()));
+        let result = results::SignedResult {
+            gateway: req.gateway,
+            request: digest,
+            job: done.job,
+            bytes: sealed.bytes().to_vec(),
+        };
+        // Waits only while the writer is QUEUE_MAX results behind.
+        let _ = self.results.to_store.send(result).await;
+    }
+
+    fn on_stored(&mut self, stored: Result<results::SignedResult, StoreError>) -> Result<(), DriverError> {
+        let r = stored?;
+        self.replies.entry(r.gateway).or_default().push(SignedBytes(r.bytes));
         Ok(())
     }
 

@@ -105,11 +105,19 @@ impl Behaviour {
 
 /// Peer scoring for one purpose: a peer that forwards a message our
 /// validation rejects drops below the graylist threshold at once (and is
-/// ignored until the penalty decays). Delivery-rate terms are off: a quiet CI
-/// network must not look like a network of lazy peers, and every test and
-/// testnet puts all peers on one IP address.
+/// ignored until the penalty decays). Every other term is off: delivery
+/// rates (a quiet CI network must not look like a network of lazy peers),
+/// IP colocation (every test and testnet puts all peers on one address), and
+/// the slow-peer and behaviour penalties, which a burst of load earns honest
+/// replicas: below the publish threshold a peer no longer gets our messages
+/// pushed, only announced at the next heartbeat, and every slot waits for it.
 fn score_params(network: &NetworkId) -> PeerScoreParams {
-    let mut params = PeerScoreParams { ip_colocation_factor_weight: 0.0, ..PeerScoreParams::default() };
+    let mut params = PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        behaviour_penalty_weight: 0.0,
+        slow_peer_weight: 0.0,
+        ..PeerScoreParams::default()
+    };
     for channel in Channel::ALL {
         let topic = TopicScoreParams {
             topic_weight: 1.0,

@@ -26,7 +26,9 @@ pub struct ClientConfig {
     pub listen: Vec<String>,
     pub bootstrap: Vec<String>,
     pub mdns: Option<bool>,
-    /// Retransmit a request not yet ordered after this long.
+    /// Retransmit a request not yet ordered after this long; the wait
+    /// doubles with each retransmission of it (up to [`RETRY_MAX`]), so an
+    /// overloaded network is not buried under copies.
     pub retry: Duration,
     /// Also hand over the protocol messages seen on the consensus topic.
     pub observe_consensus: bool,
@@ -76,6 +78,9 @@ pub struct Client {
     membership: Arc<Membership>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// The longest wait between two retransmissions of one request.
+pub const RETRY_MAX: Duration = Duration::from_secs(8);
 
 /// Commands and events queued between the caller and the swarm task.
 const QUEUE_MAX: usize = 65_536;
@@ -160,6 +165,8 @@ struct Outstanding {
     number: u64,
     bytes: Arc<[u8]>,
     sent_at: Instant,
+    /// Wait before the next retransmission.
+    wait: Duration,
     /// Replicas that answered accepted or duplicate, by the job they named.
     ordered: BTreeMap<JobId, BTreeSet<usize>>,
     answered: BTreeSet<usize>,
@@ -210,6 +217,7 @@ impl Task {
                         number: req.msg.number,
                         bytes: req.shared_bytes(),
                         sent_at: Instant::now(),
+                        wait: self.retry,
                         ordered: BTreeMap::new(),
                         answered: BTreeSet::new(),
                         rejected: Vec::new(),
@@ -290,11 +298,12 @@ impl Task {
         let replicas = self.membership.replica_ids();
         let mut batches: BTreeMap<usize, Vec<SignedBytes>> = BTreeMap::new();
         for out in self.outstanding.values_mut() {
-            if only.is_none() && now < out.sent_at + self.retry {
+            if only.is_none() && now < out.sent_at + out.wait {
                 continue;
             }
             if only.is_none() {
                 out.sent_at = now;
+                out.wait = (out.wait * 2).min(RETRY_MAX.max(self.retry));
             }
             for (i, r) in replicas.iter().enumerate() {
                 if only.is_some_and(|p| p != *r) || out.answered.contains(&i) {

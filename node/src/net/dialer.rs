@@ -20,6 +20,8 @@ const ADDRESSES_MAX: usize = 16;
 #[derive(Debug)]
 struct Target {
     addresses: BTreeSet<Multiaddr>,
+    /// From the membership file: never forgotten.
+    pinned: Option<Multiaddr>,
     connected: bool,
     next_dial: Instant,
     backoff: Duration,
@@ -54,7 +56,8 @@ impl Dialer {
             .into_iter()
             .map(|(p, a)| {
                 let t = Target {
-                    addresses: a.into_iter().collect(),
+                    addresses: a.iter().cloned().collect(),
+                    pinned: a,
                     connected: false,
                     next_dial: now,
                     backoff: BACKOFF_MIN,
@@ -93,6 +96,17 @@ impl Dialer {
             t.next_dial = t.next_dial.min(Instant::now());
         }
         new
+    }
+
+    /// Forgets an address a dial to `peer` failed on: a restarted peer may
+    /// listen elsewhere now, and a lookup finds where (a membership address
+    /// stays).
+    pub fn forget(&mut self, peer: &PeerId, addr: &Multiaddr) {
+        if let Some(t) = self.targets.get_mut(peer) {
+            if t.pinned.as_ref() != Some(addr) {
+                t.addresses.remove(addr);
+            }
+        }
     }
 
     pub fn on_connected(&mut self, peer: &PeerId) {
@@ -178,5 +192,20 @@ mod tests {
         d.on_connected(&a);
         assert!(d.plan(t0 + Duration::from_secs(30)).bootstrap.is_empty());
         assert!(!d.learn(&peer(), "/ip4/127.0.0.1/tcp/1".parse().unwrap()), "unwanted peers are not remembered");
+    }
+
+    #[test]
+    fn a_failed_address_is_forgotten_unless_the_membership_names_it() {
+        let t0 = Instant::now();
+        let (a, b) = (peer(), peer());
+        let pinned: Multiaddr = "/ip4/127.0.0.1/tcp/7000".parse().unwrap();
+        let stale: Multiaddr = "/ip4/127.0.0.1/tcp/7001".parse().unwrap();
+        let mut d = Dialer::new([(a, Some(pinned.clone())), (b, None)], vec![], t0);
+        d.learn(&b, stale.clone());
+        d.forget(&a, &pinned);
+        d.forget(&b, &stale);
+        let p = d.plan(t0 + Duration::from_secs(1));
+        assert_eq!(p.dial, vec![(a, vec![pinned])]);
+        assert_eq!(p.look_up, vec![b], "no address left: look it up");
     }
 }

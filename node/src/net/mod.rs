@@ -35,7 +35,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{identify, kad, mdns, noise, tcp, yamux, Multiaddr, Swarm, SwarmBuilder};
 use libp2p_identity::{Keypair, PeerId};
 use tracing::{debug, info, warn};
@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 use behaviour::{Behaviour, BehaviourEvent};
 use dialer::Dialer;
 pub use topics::Channel;
+use validate::Recent;
 pub use validate::{open, Invalid, Opened};
 
 use crate::membership::Membership;
@@ -130,6 +131,8 @@ impl std::fmt::Debug for Responder {
     }
 }
 
+/// Signed messages remembered as opened (each one a few hundred bytes).
+const RECENT_MAX: usize = 16_384;
 /// How often the dialer and Kademlia are looked after.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
 /// Kademlia bootstrap while some wanted peer is missing, and otherwise.
@@ -147,6 +150,7 @@ pub struct Net {
     maintenance: tokio::time::Interval,
     last_kad_bootstrap: Option<Instant>,
     protocol_version: String,
+    recent: Recent,
 }
 
 fn parse_addr(addr: &str) -> Result<Multiaddr, NetError> {
@@ -229,6 +233,7 @@ impl Net {
             maintenance,
             last_kad_bootstrap: None,
             protocol_version: behaviour::protocol_version(&network),
+            recent: Recent::new(RECENT_MAX),
             membership: cfg.membership,
         })
     }
@@ -366,6 +371,11 @@ impl Net {
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 debug!(%peer, "dial failed: {error}");
+                if let DialError::Transport(failed) = &error {
+                    for (addr, _) in failed {
+                        self.dialer.forget(&peer, addr);
+                    }
+                }
                 if !self.swarm.is_connected(&peer) {
                     self.dialer.on_disconnected(&peer, Instant::now());
                 }
@@ -380,7 +390,7 @@ impl Net {
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message }) => {
                 let channel = self.topics.get(&message.topic).copied();
                 let verdict = match channel {
-                    Some(c) => open(&message.data, Some(c), &self.membership).map_err(|e| e.to_string()),
+                    Some(c) => self.recent.open(&message.data, Some(c), &self.membership).map_err(|e| e.to_string()),
                     None => Err("unknown topic".to_string()),
                 };
                 let acceptance = match verdict {
@@ -493,7 +503,7 @@ impl Net {
     /// Opens each delivered message; the valid ones become events.
     fn deliver(&mut self, peer: PeerId, items: Vec<SignedBytes>) {
         for item in items {
-            match open(&item.0, None, &self.membership) {
+            match self.recent.open(&item.0, None, &self.membership) {
                 Ok(opened) => self.pending.push_back(NetEvent::Signed { from: peer, opened }),
                 Err(e) => warn!(%peer, "rejected delivered message: {e}"),
             }

@@ -22,6 +22,15 @@ pub enum Opened {
 }
 
 impl Opened {
+    /// The topic this message travels on.
+    pub fn channel(&self) -> Channel {
+        match self {
+            Opened::Request(_) => Channel::Requests,
+            Opened::Reply(_) => Channel::Replies,
+            Opened::Message(_) => Channel::Consensus,
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self {
             Opened::Request(_) => "request",
@@ -86,6 +95,60 @@ pub fn open(bytes: &[u8], channel: Option<Channel>, membership: &Membership) -> 
             }
             Ok(Opened::Message(Message::from_envelope(env, shared)?))
         }
+    }
+}
+
+/// Messages opened recently, by the digest of their bytes: a retransmitted
+/// or relayed copy of a message already checked is not checked again (a
+/// digest costs a microsecond, a signature check some tens). Bounded; the
+/// oldest are forgotten first.
+pub struct Recent {
+    opened: std::collections::HashMap<crate::wire::Digest, Opened>,
+    order: std::collections::VecDeque<crate::wire::Digest>,
+    max: usize,
+}
+
+impl Recent {
+    pub fn new(max: usize) -> Recent {
+        Recent { opened: Default::default(), order: Default::default(), max }
+    }
+
+    /// [`open`], remembering what opened.
+    pub fn open(&mut self, bytes: &[u8], channel: Option<Channel>, membership: &Membership) -> Result<Opened, Invalid> {
+        if bytes.len() > limits::ENVELOPE_BYTES_MAX {
+            return Err(Invalid::TooLarge { len: bytes.len(), max: limits::ENVELOPE_BYTES_MAX });
+        }
+        let digest = crate::wire::Digest::of_parts(b"pbft-ci/opened", &[bytes]);
+        if let Some(opened) = self.opened.get(&digest) {
+            if let Some(c) = channel.filter(|c| *c != opened.channel()) {
+                return Err(Invalid::WrongTopic { kind: kind_of(opened), channel: c });
+            }
+            return Ok(opened.clone());
+        }
+        let opened = open(bytes, channel, membership)?;
+        if self.order.len() == self.max {
+            if let Some(old) = self.order.pop_front() {
+                self.opened.remove(&old);
+            }
+        }
+        self.order.push_back(digest);
+        self.opened.insert(digest, opened.clone());
+        Ok(opened)
+    }
+}
+
+fn kind_of(opened: &Opened) -> Kind {
+    match opened {
+        Opened::Request(_) => Kind::Request,
+        Opened::Reply(_) => Kind::Reply,
+        Opened::Message(m) => match m {
+            Message::PrePrepare(_) => Kind::PrePrepare,
+            Message::Prepare(_) => Kind::Prepare,
+            Message::Commit(_) => Kind::Commit,
+            Message::Checkpoint(_) => Kind::Checkpoint,
+            Message::ViewChange(_) => Kind::ViewChange,
+            Message::NewView(_) => Kind::NewView,
+        },
     }
 }
 
@@ -162,6 +225,23 @@ mod tests {
         for (bytes, channel) in cases {
             assert!(open(&bytes, Some(channel), &n.members).is_err());
         }
+    }
+
+    #[test]
+    fn a_remembered_message_opens_again_but_not_on_another_topic() {
+        let n = net();
+        let mut recent = Recent::new(2);
+        let req = request(&n, &n.gateway);
+        assert!(recent.open(&req, Some(Channel::Requests), &n.members).is_ok());
+        assert!(matches!(recent.open(&req, None, &n.members), Ok(Opened::Request(_))));
+        assert!(matches!(recent.open(&req, Some(Channel::Consensus), &n.members), Err(Invalid::WrongTopic { .. })));
+        // Bounded: older entries are forgotten, and still open the long way.
+        for i in 1..4 {
+            assert!(recent.open(&prepare(&n, &n.replicas[i]), None, &n.members).is_ok());
+        }
+        assert_eq!(recent.opened.len(), 2);
+        assert!(recent.open(&req, None, &n.members).is_ok());
+        assert!(recent.open(b"garbage", None, &n.members).is_err());
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl Testnet {
             .arg("--log-dir")
             .arg(self.log_dir())
             .args(["--executor", "none"])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("PBFT_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -143,6 +143,13 @@ impl Testnet {
     }
 
     pub fn client_with_key(&self, key: Keypair, observe_consensus: bool) -> Client {
+        // The clients' logs show with a failing test's output; filter with
+        // PBFT_TEST_CLIENT_LOG (e.g. pbft_node::net=debug), default warn.
+        let filter = std::env::var("PBFT_TEST_CLIENT_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
         let mut cfg = ClientConfig::new(key, self.membership.clone());
         cfg.bootstrap = vec![self.bootstrap()];
         cfg.observe_consensus = observe_consensus;
