@@ -191,7 +191,7 @@ impl Replica {
         }
         for b in messages {
             let m = Message::open(&b, &r.cfg.network, r.verifier.as_ref())?;
-            r.on_message(m, true);
+            r.on_message(m);
         }
         // Requests no pre-prepare named wait for ordering again, unless the
         // state shows them ordered already.
@@ -221,7 +221,7 @@ impl Replica {
         self.now = self.now.max(now);
         match input {
             Input::Request(r) => self.on_request(r),
-            Input::Message(m) => self.on_message(m, false),
+            Input::Message(m) => self.on_message(m),
             Input::FetchRequests { from, digests } => self.on_fetch(from, digests),
             Input::Status { from, status } => self.on_status(from, status),
             Input::State { proof, state } => {
@@ -421,14 +421,14 @@ impl Replica {
 
     // --- the normal case ---
 
-    fn on_message(&mut self, m: Message, replay: bool) {
+    fn on_message(&mut self, m: Message) {
         let Some(&from) = self.index.get(&m.signer()) else {
             return;
         };
-        // Our own messages come back only from our own store.
-        if from == self.me && !replay {
-            return;
-        }
+        // Our own messages normally come back only from our own store, but a
+        // peer may hand one back that we no longer hold (a NEW-VIEW
+        // pre-prepare beyond our window when we entered the view): what we
+        // signed is ours to accept, and the handlers ignore what we have.
         match m {
             Message::PrePrepare(pp) => self.on_pre_prepare(from, pp),
             Message::Prepare(p) => self.on_prepare(from, p),

@@ -567,7 +567,7 @@ impl Replica {
         let primary = self.q.primary(view);
         let max_seq = pre_prepares.iter().map(|p| p.msg.seq).max().unwrap_or(0);
         for pp in pre_prepares {
-            self.on_message(Message::PrePrepare(pp), true);
+            self.on_message(Message::PrePrepare(pp));
         }
         if primary == self.me {
             self.next_seq = self.next_seq.max(max_seq + 1).max(self.executed + 1).max(self.low + 1);
