@@ -97,7 +97,7 @@ fn job_log(dir: &std::path::Path) -> JobLog {
 const REQUESTS: u64 = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_in_flight_are_ordered_and_every_replica_logs_the_same_jobs() {
+async fn requests_in_flight_are_ordered_every_replica_logs_the_same_jobs_and_serves_its_results() {
     let started = Instant::now();
     let mut net = Testnet::new(1);
     net.start_all();
@@ -114,6 +114,21 @@ async fn requests_in_flight_are_ordered_and_every_replica_logs_the_same_jobs() {
     })
     .await;
     client.shutdown().await;
+
+    // A restarted gateway collects the verdicts' material again: every
+    // replica serves its signed results from its store.
+    let mut restarted = net.client(0, false);
+    wait_connected(&restarted, Duration::from_secs(30)).await;
+    let asked = &requests[..10];
+    for d in asked {
+        restarted.fetch_replies(*d).await;
+    }
+    let mut again = Seen::default();
+    until(&mut restarted, &mut again, Duration::from_secs(30), "stored results served", |s| {
+        s.all_results_from(asked, &[0, 1, 2, 3])
+    })
+    .await;
+    restarted.shutdown().await;
     net.stop_all();
 
     let logs: Vec<JobLog> = (0..4).map(|i| job_log(&net.data_dir(i))).collect();

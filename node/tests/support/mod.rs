@@ -15,7 +15,13 @@ use libp2p_identity::Keypair;
 use pbft_node::membership::{Member, Membership};
 use pbft_node::net::client::{Client, ClientConfig};
 
+/// One testnet at a time: four replicas per test already fill two cores,
+/// and timers (view changes, retransmissions) are part of what is tested.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct Testnet {
+    /// Held for the testnet's life (a failed test's lock is taken over).
+    _turn: std::sync::MutexGuard<'static, ()>,
     pub dir: tempfile::TempDir,
     pub replica_keys: Vec<Keypair>,
     /// Member gateways: [0] submits, the others are observers or faulty.
@@ -32,6 +38,7 @@ fn free_port() -> u16 {
 
 impl Testnet {
     pub fn new(gateways: usize) -> Testnet {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let replica_keys: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
         let gateway_keys: Vec<Keypair> = (0..gateways).map(|_| Keypair::generate_ed25519()).collect();
@@ -49,6 +56,7 @@ impl Testnet {
             pbft_node::keys::save(&dir.path().join(format!("replica{i}.key")), k, false).unwrap();
         }
         Testnet {
+            _turn: turn,
             dir,
             replica_keys,
             gateway_keys,
