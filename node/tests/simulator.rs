@@ -7,8 +7,10 @@ use pbft_node::sim::{run, sweep, Byzantine, FaultClass, SimConfig};
 
 const SEEDS: u64 = 500;
 
-fn assert_clean(n: usize, class: FaultClass) {
-    let failures = sweep(n, class, 0..SEEDS);
+/// Runs SEEDS seeds of one scenario and fails with the first few failing
+/// seeds and what they broke.
+fn assert_sweep(n: usize, class: FaultClass, byzantine: Option<Byzantine>) {
+    let failures = sweep(n, class, byzantine, 0..SEEDS);
     let shown: Vec<String> = failures
         .iter()
         .take(5)
@@ -16,18 +18,18 @@ fn assert_clean(n: usize, class: FaultClass) {
         .collect();
     assert!(
         failures.is_empty(),
-        "{} of {SEEDS} seeds failed for {class:?}, n = {n}:\n{}",
+        "{} of {SEEDS} seeds failed for {class:?} with {byzantine:?}, n = {n}:\n{}",
         failures.len(),
         shown.join("\n")
     );
 }
 
 macro_rules! sweeps {
-    ($($name:ident: $n:expr, $class:expr;)*) => {
+    ($($name:ident: $n:expr, $class:expr $(, $byzantine:expr)?;)*) => {
         $(
             #[test]
             fn $name() {
-                assert_clean($n, $class);
+                assert_sweep($n, $class, None $(.or(Some($byzantine)))?);
             }
         )*
     };
@@ -84,43 +86,23 @@ fn equivocating_with_weak_quorums(seed: u64) -> pbft_node::sim::Report {
     run(cfg)
 }
 
-/// A Byzantine replica under every other fault at once (drops, duplicates,
-/// reordering, delays, crashes of backups and of the primary): no split,
-/// no correct replica signs conflicting messages, and after the network
-/// heals every request is ordered.
-fn assert_byzantine_survived(n: usize, byzantine: Byzantine) {
-    for seed in 0..SEEDS {
-        let mut cfg = SimConfig::new(n, seed, FaultClass::Mixed);
-        cfg.byzantine = Some(byzantine);
-        let r = run(cfg);
-        assert!(r.ok(), "{byzantine:?}, seed {seed}, n = {n}: {:?}", r.violations);
-    }
-}
-
-macro_rules! byzantine_sweeps {
-    ($($name:ident: $n:expr, $b:expr;)*) => {
-        $(
-            #[test]
-            fn $name() {
-                assert_byzantine_survived($n, $b);
-            }
-        )*
-    };
-}
-
-byzantine_sweeps! {
-    an_equivocating_primary_cannot_split_correct_replicas_n4: 4, Byzantine::EquivocatingPrimary;
-    an_equivocating_primary_cannot_split_correct_replicas_n7: 7, Byzantine::EquivocatingPrimary;
-    a_silent_primary_is_replaced_n4: 4, Byzantine::SilentPrimary;
-    a_silent_primary_is_replaced_n7: 7, Byzantine::SilentPrimary;
-    a_silent_new_primary_is_replaced_in_turn_n4: 4, Byzantine::SilentNextPrimary;
-    a_silent_new_primary_is_replaced_in_turn_n7: 7, Byzantine::SilentNextPrimary;
-    forged_and_garbled_messages_change_nothing_n4: 4, Byzantine::Forger;
-    forged_and_garbled_messages_change_nothing_n7: 7, Byzantine::Forger;
-    replayed_old_messages_change_nothing_n4: 4, Byzantine::Replayer;
-    replayed_old_messages_change_nothing_n7: 7, Byzantine::Replayer;
-    wrong_checkpoint_digests_change_nothing_n4: 4, Byzantine::WrongCheckpoints;
-    wrong_checkpoint_digests_change_nothing_n7: 7, Byzantine::WrongCheckpoints;
+// A Byzantine replica under every other fault at once (drops, duplicates,
+// reordering, delays, partitions, crashes of backups and of the primary): no
+// split, no correct replica signs conflicting messages, and after the
+// network heals every request is ordered.
+sweeps! {
+    an_equivocating_primary_cannot_split_correct_replicas_n4: 4, FaultClass::Mixed, Byzantine::EquivocatingPrimary;
+    an_equivocating_primary_cannot_split_correct_replicas_n7: 7, FaultClass::Mixed, Byzantine::EquivocatingPrimary;
+    a_silent_primary_is_replaced_n4: 4, FaultClass::Mixed, Byzantine::SilentPrimary;
+    a_silent_primary_is_replaced_n7: 7, FaultClass::Mixed, Byzantine::SilentPrimary;
+    a_silent_new_primary_is_replaced_in_turn_n4: 4, FaultClass::Mixed, Byzantine::SilentNextPrimary;
+    a_silent_new_primary_is_replaced_in_turn_n7: 7, FaultClass::Mixed, Byzantine::SilentNextPrimary;
+    forged_and_garbled_messages_change_nothing_n4: 4, FaultClass::Mixed, Byzantine::Forger;
+    forged_and_garbled_messages_change_nothing_n7: 7, FaultClass::Mixed, Byzantine::Forger;
+    replayed_old_messages_change_nothing_n4: 4, FaultClass::Mixed, Byzantine::Replayer;
+    replayed_old_messages_change_nothing_n7: 7, FaultClass::Mixed, Byzantine::Replayer;
+    wrong_checkpoint_digests_change_nothing_n4: 4, FaultClass::Mixed, Byzantine::WrongCheckpoints;
+    wrong_checkpoint_digests_change_nothing_n7: 7, FaultClass::Mixed, Byzantine::WrongCheckpoints;
 }
 
 #[test]

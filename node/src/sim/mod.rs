@@ -871,7 +871,14 @@ pub fn run(cfg: SimConfig) -> Report {
     Sim::new(cfg).run()
 }
 
-/// Runs `seeds` seeds of one class and returns the failing reports.
-pub fn sweep(n: usize, class: FaultClass, seeds: std::ops::Range<u64>) -> Vec<Report> {
-    seeds.map(|seed| run(SimConfig::new(n, seed, class))).filter(|r| !r.ok()).collect()
+/// Runs `seeds` seeds of one scenario and returns the failing reports.
+pub fn sweep(n: usize, class: FaultClass, byzantine: Option<Byzantine>, seeds: std::ops::Range<u64>) -> Vec<Report> {
+    seeds
+        .map(|seed| {
+            let mut cfg = SimConfig::new(n, seed, class);
+            cfg.byzantine = byzantine;
+            run(cfg)
+        })
+        .filter(|r| !r.ok())
+        .collect()
 }
