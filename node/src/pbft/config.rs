@@ -28,6 +28,9 @@ pub struct Config {
     /// How long a request may wait for ordering before the backups replace
     /// the primary; doubles with each view that fails in a row.
     pub view_change_timeout_ms: Millis,
+    /// The timeout doubles at most this many times (bounds how long replicas
+    /// that drifted apart in views take to meet again).
+    pub view_change_doublings_max: u32,
     /// Slots one answer to a lagging replica's status carries.
     pub help_slots_max: u64,
     /// **Test-only**: (prepares, commits) that make a slot prepared and
@@ -54,6 +57,7 @@ impl Config {
             fetch_retry_ms: 200,
             help_slots_max: 16,
             view_change_timeout_ms: 2_000,
+            view_change_doublings_max: 5,
             unsafe_quorum_override: None,
             unsafe_forget_prepared_in_new_view: false,
         }

@@ -175,7 +175,7 @@ impl SimConfig {
             unsafe_forget_prepared_in_new_view: false,
             submit_until_ms: 1_500,
             heal_at_ms: 2_500,
-            end_ms: 6_000,
+            end_ms: 9_000,
             redeliver: 0.15,
         }
     }
@@ -192,6 +192,7 @@ impl SimConfig {
         c.fetch_retry_ms = 50;
         c.help_slots_max = 8;
         c.view_change_timeout_ms = 500;
+        c.view_change_doublings_max = 2;
         c.unsafe_quorum_override = self.unsafe_quorum_override;
         c.unsafe_forget_prepared_in_new_view = self.unsafe_forget_prepared_in_new_view;
         c

@@ -92,7 +92,7 @@ where
 
 impl Replica {
     fn view_timeout(&self) -> Millis {
-        self.cfg.view_change_timeout_ms << self.vc.failed_views.min(10)
+        self.cfg.view_change_timeout_ms << self.vc.failed_views.min(self.cfg.view_change_doublings_max)
     }
 
     /// Whether some request waits for ordering here.
@@ -106,7 +106,19 @@ impl Replica {
             return;
         }
         if self.vc.in_view_change {
-            let deadline = *self.vc.deadline.get_or_insert(self.now + self.view_timeout());
+            // As in PBFT, the timer of a view change runs only once 2f + 1
+            // replicas asked for this view or a later one: a replica that got
+            // ahead alone waits for the others instead of running further
+            // ahead, and one that leaves a view knows 2f + 1 reached it, so the
+            // timers of those left behind run too.
+            let Some(deadline) = self.vc.deadline else {
+                let view = self.view;
+                let asked = self.vc.view_changes.values().filter(|c| c.signed.msg.view >= view).count();
+                if asked >= self.q.quorum() {
+                    self.vc.deadline = Some(self.now + self.view_timeout());
+                }
+                return;
+            };
             if self.now >= deadline {
                 // The new primary did not deliver: try the next one.
                 self.start_view_change(self.view + 1);
@@ -283,7 +295,7 @@ impl Replica {
         self.view = view;
         self.vc.in_view_change = true;
         self.vc.failed_views += 1;
-        self.vc.deadline = Some(self.now + self.view_timeout());
+        self.vc.deadline = None;
         self.vc.new_view = None;
         // A VIEW-CHANGE we already signed for this view (before a restart) is
         // sent again, never a second, different one.
