@@ -15,14 +15,15 @@
 //!   swarm and an executor; graceful shutdown.
 //! - [`logging`]: logs to stderr and to a file, for every program.
 //!
-//! The job runner (`ci`: git, pipelines, the docker and local executors)
-//! arrives in its own module.
+//! - [`ci`]: running a job: git checkout, the pipeline file, the docker and
+//!   local executors, the job's result.
 
 // The MSRV is 1.88 (libp2p 0.57), where clippy prefers `is_multiple_of`
 // (stable since 1.87) to the `%` tests written for 1.85; until they are
 // rewritten, the lint stays off.
 #![allow(clippy::manual_is_multiple_of)]
 
+pub mod ci;
 pub mod driver;
 pub mod keys;
 pub mod logging;

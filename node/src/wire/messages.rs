@@ -123,10 +123,17 @@ pub enum Outcome {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum RequestError {
+    /// The ref does not exist on the repository (the proof of concept's "branch not found").
     RefNotFound,
+    /// The pinned commit is not reachable from the ref.
     CommitNotOnRef,
+    /// `.pbft-ci.yml` (or the node's default pipeline) is not a valid pipeline.
     InvalidPipeline,
+    /// The repository is not on the membership's allow-list, or its URL
+    /// scheme is not allowed by the operator.
     RepoNotAllowed,
+    /// The ref or commit id is not one git accepts (or could be taken for an option).
+    InvalidRef,
 }
 
 /// One step's part of a result.

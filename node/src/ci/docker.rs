@@ -1,0 +1,1 @@
+//! The `docker` step runner (bollard). Being written.

@@ -1,0 +1,1 @@
+//! Refs, URLs, the repository cache and checkouts (the git CLI). Being written.

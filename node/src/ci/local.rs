@@ -1,0 +1,1 @@
+//! The `local` step runner (child processes). Being written.

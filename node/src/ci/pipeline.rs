@@ -1,0 +1,1 @@
+//! The pipeline file `.pbft-ci.yml`. Being written.
