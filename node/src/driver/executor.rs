@@ -21,8 +21,11 @@ pub type JobFuture = Pin<Box<dyn Future<Output = Result<JobResult, Abstain>> + S
 pub trait Executor: Send + Sync {
     /// The executor's name, as results record it.
     fn name(&self) -> &'static str;
-    /// Runs job `job` of `request`.
+    /// Runs job `job` of `request`. Called in the order jobs were ordered.
     fn run(&self, job: JobId, request: Request) -> JobFuture;
+    /// An ordered cancel of `job`: stop it if it is queued or running (its
+    /// result is then `cancelled`); nothing if it has ended.
+    fn cancel(&self, _job: JobId) {}
 }
 
 /// Completes every job at once with a deterministic no-op result: for tests

@@ -33,9 +33,10 @@ use crate::net::{Net, NetConfig, NetError, NetEvent, Opened, Role};
 use crate::pbft::{Batch, Config, Input, Millis, Note, Outbound, Ready, Replica, RestoreError, Target};
 use crate::store::{Store, StoreError};
 use crate::wire::{
-    limits, Checkpoint, Digest, JobId, PeerRequest, PeerResponse, Reply, ReplyBody, Request, Signed, SignedBytes,
+    limits, Checkpoint, Digest, JobId, Operation, PeerRequest, PeerResponse, Reply, ReplyBody, Request, Signed,
+    SignedBytes,
 };
-pub use executor::{Abstain, Executor, NoneExecutor};
+pub use executor::{Abstain, Executor, JobFuture, NoneExecutor};
 pub use shutdown::Shutdown;
 
 /// Unfinished jobs resumed at start.
@@ -382,6 +383,9 @@ impl Driver {
         if self.running.contains_key(&job) {
             return;
         }
+        if let Operation::Cancel { job: target } = request.msg.op {
+            self.executor.cancel(target);
+        }
         let run = self.executor.run(job, request.msg.clone());
         let done = self.done_tx.clone();
         let task = tokio::spawn(async move {
@@ -399,7 +403,7 @@ impl Driver {
         let body = match done.outcome {
             Ok(result) => ReplyBody::Result { job: done.job, result },
             Err(Abstain { mut reason }) => {
-                truncate(&mut reason, limits::TEXT_BYTES_MAX);
+                limits::truncate(&mut reason, limits::TEXT_BYTES_MAX);
                 ReplyBody::Abstain { job: done.job, reason }
             }
         };
@@ -462,16 +466,5 @@ impl Driver {
         let mut replies: Vec<SignedBytes> = self.store.replies(request)?.into_iter().map(SignedBytes).collect();
         replies.truncate(SERVED_REPLIES_MAX);
         Ok(replies)
-    }
-}
-
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn truncate(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut at = max;
-        while !s.is_char_boundary(at) {
-            at -= 1;
-        }
-        s.truncate(at);
     }
 }

@@ -26,3 +26,14 @@ pub const DELIVERY_BYTES_MAX: usize = 128;
 pub const TEXT_BYTES_MAX: usize = 1024;
 /// Steps one result may list.
 pub const STEPS_MAX: usize = 256;
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+pub fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+}
