@@ -1,0 +1,7 @@
+//! `pbft-gw`, the gateway of pbft-ci: webhooks in, verdicts out.
+//!
+//! - [`webhook`]: intake, what a delivery asks for (pure): the proof of
+//!   concept's `{"branch": B}` and the push events of GitHub, Gitea/Forgejo
+//!   and GitLab, their signatures, refs and commit ids.
+
+pub mod webhook;
