@@ -3,5 +3,8 @@
 //! - [`webhook`]: intake, what a delivery asks for (pure): the proof of
 //!   concept's `{"branch": B}` and the push events of GitHub, Gitea/Forgejo
 //!   and GitLab, their signatures, refs and commit ids.
+//! - [`verdict`]: the verdict rule (pure): votes of the replicas in, verdict
+//!   and the results its certificate carries out.
 
+pub mod verdict;
 pub mod webhook;
