@@ -7,7 +7,15 @@
 //!   and the results its certificate carries out.
 //! - [`jobs`]: durable state (redb): the request counter, accepted jobs,
 //!   delivery ids, the replicas' signed replies, verdicts.
+//! - [`gateway`]: what the HTTP side asks: accept durably, hand over to the
+//!   relay, job views with votes and certificates, waiting for a verdict.
+//! - [`http`]: the routes and JSON of DESIGN.md's "Gateway HTTP" (axum).
+//! - [`relay`]: the gateway's side of the swarm: submit, collect signed
+//!   replies, apply the verdict rule, resubmit and refetch after a restart.
 
+pub mod gateway;
+pub mod http;
 pub mod jobs;
+pub mod relay;
 pub mod verdict;
 pub mod webhook;

@@ -1,0 +1,294 @@
+//! What the HTTP side asks of the gateway: accept a submission durably and
+//! hand its signed request to the relay, read jobs back as JSON views (votes
+//! and certificate included), wait for a verdict, report health.
+//!
+//! It never talks to the swarm itself: the relay ([`crate::relay`]) owns the
+//! client; the two meet through [`RelayLinks`] and the store.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use libp2p_identity::Keypair;
+use pbft_node::membership::Membership;
+use pbft_node::wire::{Certificate, Digest, Operation, Outcome, Reply, ReplyBody, Request, Signed};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::jobs::{Accepted, Job, Jobs, JobsError};
+use crate::verdict::Verdict;
+use crate::webhook::{IntakeConfig, Submission};
+
+/// Requests accepted but not yet taken by the relay.
+const RELAY_QUEUE_MAX: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The submission is refused (400).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] JobsError),
+    #[error("the store's worker stopped")]
+    Stopped,
+}
+
+/// The relay's ends of what it shares with the gateway.
+pub struct RelayLinks {
+    /// Signed requests of newly accepted jobs, to submit.
+    pub requests: mpsc::Receiver<Signed<Request>>,
+    /// Bumped whenever a job gets (or changes) its verdict.
+    pub changed: watch::Sender<u64>,
+    /// Replicas the relay's client is connected to.
+    pub connected: Arc<AtomicUsize>,
+}
+
+pub struct Gateway {
+    jobs: Arc<Jobs>,
+    membership: Arc<Membership>,
+    key: Keypair,
+    pub intake: IntakeConfig,
+    to_relay: mpsc::Sender<Signed<Request>>,
+    changed: watch::Receiver<u64>,
+    connected: Arc<AtomicUsize>,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Gateway {
+    pub fn new(
+        jobs: Arc<Jobs>,
+        membership: Arc<Membership>,
+        key: Keypair,
+        intake: IntakeConfig,
+    ) -> (Arc<Gateway>, RelayLinks) {
+        let (to_relay, requests) = mpsc::channel(RELAY_QUEUE_MAX);
+        let (changed_tx, changed) = watch::channel(0);
+        let connected = Arc::new(AtomicUsize::new(0));
+        let gateway = Gateway { jobs, membership, key, intake, to_relay, changed, connected: connected.clone() };
+        (Arc::new(gateway), RelayLinks { requests, changed: changed_tx, connected })
+    }
+
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Makes `sub` a durable job (or finds the job its delivery id already
+    /// made) and hands a new one to the relay. Returns its number and whether
+    /// it is new.
+    pub async fn accept(&self, sub: Submission) -> Result<(u64, bool), GatewayError> {
+        if !self.membership.repo_allowed(&sub.repo) {
+            return Err(GatewayError::Invalid(format!(
+                "{} is not on the network's repository allow-list",
+                sub.repo.chars().take(200).collect::<String>()
+            )));
+        }
+        if let Some(d) = &sub.delivery {
+            if let Some(n) = self.jobs.by_delivery(d)? {
+                return Ok((n, false));
+            }
+        }
+        let jobs = self.jobs.clone();
+        let key = self.key.clone();
+        let network = self.membership.network_id();
+        let signer = key.public().to_peer_id();
+        let accepted = tokio::task::spawn_blocking(move || {
+            let sign = |number: u64, s: &Submission| {
+                let op = Operation::Run { repo: s.repo.clone(), git_ref: s.git_ref.clone(), commit: s.commit.clone() };
+                let req = Request { gateway: signer, number, delivery: s.delivery.clone(), op };
+                Signed::seal(req, &network, &key).bytes().to_vec()
+            };
+            jobs.accept(std::slice::from_ref(&sub), now_ms(), &sign)
+        })
+        .await
+        .map_err(|_| GatewayError::Stopped)??;
+        match accepted.into_iter().next() {
+            Some(Accepted::New(job)) => {
+                tracing::info!(
+                    "accepted job {}: {} {} at {}{}",
+                    job.number,
+                    job.repo,
+                    job.git_ref,
+                    job.commit.as_deref().unwrap_or("(unpinned)"),
+                    job.delivery.as_deref().map(|d| format!(" (delivery {d})")).unwrap_or_default()
+                );
+                let signed = Signed::<Request>::open(&job.request, &network, self.membership.as_ref())
+                    .expect("a request this gateway just signed opens");
+                // Durable already: if the relay is gone, a restart submits it.
+                let _ = self.to_relay.send(signed).await;
+                Ok((job.number, true))
+            }
+            Some(Accepted::Existing(n)) => Ok((n, false)),
+            None => Err(GatewayError::Stopped),
+        }
+    }
+
+    /// Waits until job `number` has a verdict, at most `within`; the job as
+    /// it is then.
+    pub async fn wait(&self, number: u64, within: Duration) -> Result<Option<Job>, GatewayError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut changed = self.changed.clone();
+        loop {
+            changed.borrow_and_update();
+            let job = self.jobs.get(number)?;
+            if job.as_ref().is_none_or(|j| j.decision.is_some()) {
+                return Ok(job);
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => continue,
+                // The deadline passed, or the relay stopped.
+                _ => return Ok(self.jobs.get(number)?),
+            }
+        }
+    }
+
+    pub fn connected_replicas(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// The full view of a job: votes opened and checked, certificate assembled.
+    pub fn view(&self, job: &Job) -> JobView {
+        let network = self.membership.network_id();
+        let mut opened: BTreeMap<usize, (Vec<u8>, Reply)> = BTreeMap::new();
+        if let Ok(replies) = self.jobs.replies(job.number) {
+            for (i, bytes) in replies {
+                // Stored only after the client checked them; checked again so
+                // that nothing unverified can reach a certificate.
+                if let Ok(r) = Signed::<Reply>::open(&bytes, &network, self.membership.as_ref()) {
+                    opened.insert(i, (bytes, r.msg));
+                }
+            }
+        }
+        let votes = self
+            .membership
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut vote = VoteView { replica: m.peer_id.to_string(), vote: None, result: None, detail: None };
+                match opened.get(&i).map(|(_, r)| &r.body) {
+                    Some(ReplyBody::Result { result, .. }) => {
+                        vote.vote = Some(outcome_name(&result.outcome));
+                        vote.result = Some(result.digest().to_hex());
+                        vote.detail = outcome_detail(&result.outcome);
+                    }
+                    Some(ReplyBody::Abstain { reason, .. }) => {
+                        vote.vote = Some("abstain");
+                        vote.detail = Some(reason.clone());
+                    }
+                    _ => {}
+                }
+                vote
+            })
+            .collect();
+        let certificate = job.decision.as_ref().filter(|d| !d.results.is_empty()).map(|d| {
+            let sets = d
+                .results
+                .iter()
+                .map(|digest| {
+                    let replies = opened
+                        .values()
+                        .filter(|(_, r)| result_digest(r) == Some(*digest))
+                        .map(|(bytes, _)| bytes.clone())
+                        .collect();
+                    (*digest, replies)
+                })
+                .collect();
+            Certificate::new(&network, &job.request, sets)
+        });
+        JobView { summary: summary(job), votes, certificate }
+    }
+}
+
+fn result_digest(r: &Reply) -> Option<Digest> {
+    match &r.body {
+        ReplyBody::Result { result, .. } => Some(result.digest()),
+        _ => None,
+    }
+}
+
+fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Passed => "passed",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Timeout { .. } => "timeout",
+        Outcome::Error { .. } => "error",
+        Outcome::Cancelled => "cancelled",
+    }
+}
+
+fn outcome_detail(o: &Outcome) -> Option<String> {
+    match o {
+        Outcome::Passed | Outcome::Cancelled => None,
+        Outcome::Failed { step, exit_code } => Some(format!("step {step:?} exited with {exit_code}")),
+        Outcome::Timeout { step } => Some(format!("step {step:?} timed out")),
+        Outcome::Error { error, detail } => Some(format!("{error:?}: {detail}")),
+    }
+}
+
+/// The HTTP id of job `number`, and where to find it.
+pub fn status_url(number: u64) -> String {
+    format!("/jobs/{number}")
+}
+
+pub fn summary(job: &Job) -> JobSummary {
+    JobSummary {
+        id: job.number.to_string(),
+        status_url: status_url(job.number),
+        repo: job.repo.clone(),
+        git_ref: job.git_ref.clone(),
+        commit: job.commit.clone(),
+        delivery: job.delivery.clone(),
+        verdict: job.decision.as_ref().map(|d| d.verdict),
+        job: job.ordered.map(|j| j.to_string()),
+        accepted_ms: job.accepted_ms,
+        refused: job.refused.clone(),
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JobSummary {
+    pub id: String,
+    pub status_url: String,
+    pub repo: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub commit: Option<String>,
+    pub delivery: Option<String>,
+    /// `null` while pending.
+    pub verdict: Option<Verdict>,
+    /// The job id the replicas ordered it as (`seq-index`), once ordered.
+    pub job: Option<String>,
+    /// When the gateway accepted it (Unix milliseconds).
+    pub accepted_ms: u64,
+    pub refused: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VoteView {
+    /// The replica's PeerId.
+    pub replica: String,
+    /// Its outcome (`passed`, `failed`, `timeout`, `error`, `cancelled`), `abstain`, or `null`
+    /// before it answered.
+    pub vote: Option<&'static str>,
+    /// Digest of the result it signed.
+    pub result: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub summary: JobSummary,
+    pub votes: Vec<VoteView>,
+    /// What `pbft-node verify` checks; `null` unless the verdict rests on results.
+    pub certificate: Option<Certificate>,
+}

@@ -1,0 +1,406 @@
+//! The HTTP contract, driven in process (`tower::ServiceExt::oneshot`) and
+//! once over a real socket: exact statuses and JSON for good and bad input,
+//! nothing stored or relayed for what is refused, verdicts and certificates
+//! that verify.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use libp2p_identity::Keypair;
+use pbft_gw::gateway::{Gateway, RelayLinks};
+use pbft_gw::jobs::Jobs;
+use pbft_gw::relay::Collector;
+use pbft_gw::webhook::signature::hmac_sha256_hex;
+use pbft_gw::webhook::IntakeConfig;
+use pbft_node::driver::NoneExecutor;
+use pbft_node::membership::{Member, Membership};
+use pbft_node::wire::{
+    Certificate, JobId, JobResult, Operation, Outcome, Reply, ReplyBody, Request as WireRequest, Signed,
+};
+use serde_json::Value;
+use tower::ServiceExt as _;
+
+const REPO: &str = "file:///srv/git/app";
+const SECRET: &str = "s3cret-for-tests";
+const GITHUB_PUSH: &str = include_str!("fixtures/github-push.json");
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    jobs: Arc<Jobs>,
+    links: RelayLinks,
+    replicas: Vec<Keypair>,
+    membership: Arc<Membership>,
+    router: Router,
+}
+
+fn harness(rate_limit: Option<u32>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
+    let key = Keypair::generate_ed25519();
+    let member = |k: &Keypair| Member { peer_id: k.public().to_peer_id(), addr: None };
+    let membership = Arc::new(
+        Membership::new(
+            "http-test".into(),
+            replicas.iter().map(member).collect(),
+            vec![member(&key)],
+            vec!["file:///srv/git/".into(), "https://github.com/Codertocat/".into()],
+        )
+        .unwrap(),
+    );
+    let jobs = Arc::new(Jobs::open(dir.path()).unwrap());
+    let intake = IntakeConfig { repo: Some(REPO.into()), secret: Some(SECRET.as_bytes().to_vec()), run_tags: true };
+    let (gateway, links) = Gateway::new(jobs.clone(), membership.clone(), key, intake);
+    let router = pbft_gw::http::router(gateway.clone(), rate_limit.and_then(NonZeroU32::new));
+    Harness { _dir: dir, jobs, links, replicas, membership, router }
+}
+
+fn from(ip: [u8; 4]) -> MockConnectInfo<SocketAddr> {
+    MockConnectInfo(SocketAddr::from((ip, 40000)))
+}
+
+impl Harness {
+    async fn send_from(&self, ip: [u8; 4], req: Request<Body>) -> (StatusCode, Value) {
+        let resp = self.router.clone().layer(from(ip)).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+        (status, json)
+    }
+
+    async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        self.send_from([192, 0, 2, 1], req).await
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
+    }
+
+    /// Takes the request the gateway handed to the relay, if any.
+    fn relayed(&mut self) -> Option<Signed<WireRequest>> {
+        self.links.requests.try_recv().ok()
+    }
+
+    /// Replica `i`'s signed result for `req`.
+    fn result(&self, i: usize, req: &WireRequest, result: &JobResult) -> Signed<Reply> {
+        let reply = Reply {
+            view: 0,
+            gateway: req.gateway,
+            number: req.number,
+            request: req.digest(),
+            body: ReplyBody::Result { job: JobId { seq: 1, index: 0 }, result: result.clone() },
+        };
+        Signed::seal(reply, &self.membership.network_id(), &self.replicas[i])
+    }
+}
+
+fn poc(body: &str) -> Request<Body> {
+    post("/webHook", "application/json", &[], body.as_bytes().to_vec())
+}
+
+fn post(uri: &str, content_type: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Request<Body> {
+    let mut b = Request::post(uri);
+    if !content_type.is_empty() {
+        b = b.header("content-type", content_type);
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Body::from(body)).unwrap()
+}
+
+fn github(body: &str, delivery: &str, secret: &str) -> Request<Body> {
+    let sig = format!("sha256={}", hmac_sha256_hex(secret.as_bytes(), body.as_bytes()));
+    post(
+        "/webhook",
+        "application/json",
+        &[("x-github-event", "push"), ("x-github-delivery", delivery), ("x-hub-signature-256", &sig)],
+        body.as_bytes().to_vec(),
+    )
+}
+
+fn failed(req: &WireRequest) -> JobResult {
+    JobResult { outcome: Outcome::Failed { step: "test".into(), exit_code: 1 }, ..NoneExecutor::result(req) }
+}
+
+#[tokio::test]
+async fn bad_input_gets_its_exact_status_and_nothing_is_submitted() {
+    let mut h = harness(None);
+    let other_repo = GITHUB_PUSH.replace("https://github.com/Codertocat/Hello-World.git", "https://evil.example/x.git");
+    let oversized = format!(r#"{{"branch": "master", "pad": "{}"}}"#, "x".repeat(1024 * 1024));
+    let cases: Vec<(&str, Request<Body>, u16)> = vec![
+        ("garbage JSON", poc("{\"branch\": "), 400),
+        ("not JSON at all", poc("\u{0}\u{1}binary"), 400),
+        ("missing branch", poc("{}"), 400),
+        ("branch of the wrong type", poc(r#"{"branch": ["master"]}"#), 400),
+        ("another repository", poc(r#"{"branch": "master", "repo": "file:///srv/git/other"}"#), 400),
+        ("option injection", poc(r#"{"branch": "--upload-pack=touch /tmp/pwned"}"#), 400),
+        ("dot-dot", poc(r#"{"branch": "a/../../b"}"#), 400),
+        ("a space", poc(r#"{"branch": "a b"}"#), 400),
+        ("a control character", poc(r#"{"branch": "a\nb"}"#), 400),
+        ("a lock file", poc(r#"{"branch": "main.lock"}"#), 400),
+        ("not a commit id", poc(r#"{"branch": "master", "commit": "HEAD~1"}"#), 400),
+        (
+            "unsigned GitHub push",
+            post("/webhook", "application/json", &[("x-github-event", "push")], GITHUB_PUSH.into()),
+            401,
+        ),
+        ("wrong signature", github(GITHUB_PUSH, "d-1", "not the secret"), 401),
+        ("signed, repository not allowed", github(&other_repo, "d-2", SECRET), 400),
+        ("oversized", poc(&oversized), 413),
+        ("text/plain", post("/webHook", "text/plain", &[], br#"{"branch": "master"}"#.to_vec()), 415),
+        ("no content type", post("/webHook", "", &[], br#"{"branch": "master"}"#.to_vec()), 415),
+        (
+            "form without payload",
+            post("/webHook", "application/x-www-form-urlencoded", &[], b"branch=master".to_vec()),
+            400,
+        ),
+        ("bad wait", post("/webHook?wait=soon", "application/json", &[], br#"{"branch": "master"}"#.to_vec()), 400),
+        ("GET on the webhook", Request::get("/webHook").body(Body::empty()).unwrap(), 405),
+        ("unknown route", Request::get("/nope").body(Body::empty()).unwrap(), 404),
+        ("unknown job", Request::get("/jobs/17").body(Body::empty()).unwrap(), 404),
+        ("job id not a number", Request::get("/jobs/..%2F..%2Fetc").body(Body::empty()).unwrap(), 404),
+    ];
+    let mut failures = Vec::new();
+    for (name, req, want) in cases {
+        let (status, body) = h.send(req).await;
+        if status.as_u16() != want || !body["error"].is_string() || body.as_object().unwrap().len() != 1 {
+            failures.push(format!("{name}: want {want} {{\"error\"}}, got {status} {body}"));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    assert!(h.jobs.list(None, 10).unwrap().is_empty(), "nothing stored");
+    assert!(h.relayed().is_none(), "nothing relayed");
+}
+
+#[tokio::test]
+async fn a_flood_from_one_source_gets_429_while_others_get_through() {
+    let mut h = harness(Some(3));
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(h.send(poc(r#"{"branch": "master"}"#)).await.0.as_u16());
+    }
+    assert_eq!(statuses, [202, 202, 202, 429, 429, 429]);
+    let (status, body) = h.send(poc(r#"{"branch": "master"}"#)).await;
+    assert_eq!((status.as_u16(), body["error"].is_string()), (429, true));
+    // Another source has its own budget.
+    assert_eq!(h.send_from([198, 51, 100, 7], poc(r#"{"branch": "master"}"#)).await.0, StatusCode::ACCEPTED);
+    assert_eq!(h.jobs.list(None, 100).unwrap().len(), 4, "only what got 202 was stored");
+    let mut relayed = 0;
+    while h.relayed().is_some() {
+        relayed += 1;
+    }
+    assert_eq!(relayed, 4);
+}
+
+#[tokio::test]
+async fn a_poc_call_is_stored_signed_and_relayed_before_its_202() {
+    let mut h = harness(None);
+    let (status, body) = h.send(poc(r#"{"branch": "master"}"#)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body, serde_json::json!({"id": "1", "status_url": "/jobs/1"}));
+    let stored = h.jobs.get(1).unwrap().expect("durable before the 202");
+    let req = h.relayed().expect("relayed");
+    assert_eq!(req.bytes(), stored.request.as_slice());
+    assert_eq!(req.signer, h.membership.gateways[0].peer_id);
+    assert_eq!(req.msg.number, 1);
+    assert_eq!(req.msg.op, Operation::Run { repo: REPO.into(), git_ref: "master".into(), commit: None });
+
+    let (status, job) = h.get("/jobs/1").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "pending");
+    for field in ["id", "repo", "ref", "commit", "verdict", "votes", "certificate"] {
+        assert!(job.get(field).is_some(), "{field} missing from {job}");
+    }
+    assert_eq!((job["repo"].as_str(), job["ref"].as_str()), (Some(REPO), Some("master")));
+    assert!(job["verdict"].is_null() && job["certificate"].is_null());
+    let votes = job["votes"].as_array().unwrap();
+    assert_eq!(votes.len(), 4);
+    assert_eq!(votes[2]["replica"], h.membership.replicas[2].peer_id.to_string());
+    assert!(votes.iter().all(|v| v["vote"].is_null()));
+    assert_eq!(h.get("/jobs/1/certificate").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_redelivery_names_the_existing_job_and_runs_nothing() {
+    let mut h = harness(None);
+    let (s1, first) = h.send(github(GITHUB_PUSH, "72d3162e-cc78-11e3-81ab-4c9367dc0958", SECRET)).await;
+    let (s2, again) = h.send(github(GITHUB_PUSH, "72d3162e-cc78-11e3-81ab-4c9367dc0958", SECRET)).await;
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(again["redelivery"], true);
+    let req = h.relayed().expect("the first is relayed");
+    assert_eq!(req.msg.delivery.as_deref(), Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+    assert!(h.relayed().is_none(), "the redelivery is not");
+    // A ping is acknowledged and runs nothing either.
+    let sig = format!("sha256={}", hmac_sha256_hex(SECRET.as_bytes(), b"{}"));
+    let ping = post(
+        "/webhook",
+        "application/json",
+        &[("x-github-event", "ping"), ("x-hub-signature-256", &sig)],
+        b"{}".to_vec(),
+    );
+    let (status, body) = h.send(ping).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["skipped"].is_string());
+    assert!(h.relayed().is_none());
+}
+
+#[tokio::test]
+async fn wait_answers_with_the_verdict_and_a_certificate_that_verifies() {
+    let mut h = harness(None);
+    let mut collector = Collector::new(h.jobs.clone(), h.membership.clone(), Duration::from_secs(600)).unwrap();
+    let router = h.router.clone().layer(from([192, 0, 2, 1]));
+    let waiting = tokio::spawn(router.oneshot(post(
+        "/webHook?wait=30",
+        "application/json",
+        &[],
+        br#"{"branch": "master", "commit": "0123456789abcdef0123456789abcdef01234567"}"#.to_vec(),
+    )));
+    // The relay's part: the request arrives, the replicas answer.
+    let req = loop {
+        if let Some(r) = h.relayed() {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    collector.track(req.msg.number, req.msg.digest(), pbft_gw::gateway::now_ms());
+    let passed = NoneExecutor::result(&req.msg);
+    for i in [3, 1] {
+        collector.on_reply(i, &h.result(i, &req.msg, &passed), pbft_gw::gateway::now_ms()).unwrap();
+    }
+    // Two of four agree, but two outstanding could still agree on another result.
+    assert!(h.jobs.get(1).unwrap().unwrap().decision.is_none());
+    assert!(collector.on_reply(0, &h.result(0, &req.msg, &passed), pbft_gw::gateway::now_ms()).unwrap());
+    h.links.changed.send_modify(|v| *v += 1);
+
+    let resp = waiting.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let job: Value =
+        serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!(job["verdict"], "passed");
+    assert_eq!(job["commit"], "0123456789abcdef0123456789abcdef01234567");
+    let votes: Vec<&str> = job["votes"].as_array().unwrap().iter().map(|v| v["vote"].as_str().unwrap_or("-")).collect();
+    assert_eq!(votes, ["passed", "passed", "-", "passed"]);
+    assert_eq!(job["votes"][1]["result"], passed.digest().to_hex());
+
+    // The certificate field, and the certificate route, are what `pbft-node verify` reads.
+    let cert: Certificate = serde_json::from_value(job["certificate"].clone()).unwrap();
+    let verified = cert.verify(h.membership.as_ref()).expect("valid");
+    assert_eq!(verified.results, vec![(passed.digest(), passed.clone())]);
+    assert_eq!(cert.sets[0].replies.len(), 3);
+    let (status, alone) = h.get("/jobs/1/certificate").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(serde_json::from_value::<Certificate>(alone).unwrap(), cert);
+    // One hex digit of a signed reply changed: refused.
+    let mut bad = cert.clone();
+    let r = &mut bad.sets[0].replies[0];
+    let flipped = if r.ends_with('0') { '1' } else { '0' };
+    r.pop();
+    r.push(flipped);
+    assert!(bad.verify(h.membership.as_ref()).is_err());
+}
+
+#[tokio::test]
+async fn two_results_with_f_plus_one_each_are_disputed_with_two_certificate_sets() {
+    let mut h = harness(None);
+    let mut collector = Collector::new(h.jobs.clone(), h.membership.clone(), Duration::from_secs(600)).unwrap();
+    h.send(poc(r#"{"branch": "master", "commit": "0123456789abcdef0123456789abcdef01234567"}"#)).await;
+    let req = h.relayed().unwrap();
+    collector.track(req.msg.number, req.msg.digest(), pbft_gw::gateway::now_ms());
+    let (ok, bad) = (NoneExecutor::result(&req.msg), failed(&req.msg));
+    for (i, r) in [(0, &ok), (1, &bad), (2, &ok), (3, &bad)] {
+        collector.on_reply(i, &h.result(i, &req.msg, r), pbft_gw::gateway::now_ms()).unwrap();
+    }
+    let (status, job) = h.get("/jobs/1").await;
+    assert_eq!((status, job["verdict"].as_str()), (StatusCode::OK, Some("disputed")));
+    let cert: Certificate = serde_json::from_value(job["certificate"].clone()).unwrap();
+    assert_eq!(cert.verify(h.membership.as_ref()).unwrap().results.len(), 2);
+    // A second word from a replica does not count.
+    collector.on_reply(0, &h.result(0, &req.msg, &bad), pbft_gw::gateway::now_ms()).unwrap();
+    assert_eq!(h.get("/jobs/1").await.1["votes"][0]["vote"], "passed");
+}
+
+#[tokio::test]
+async fn wait_runs_out_with_the_pending_job() {
+    let h = harness(None);
+    let started = std::time::Instant::now();
+    let (status, job) = h.send(poc_wait(1)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!((job["id"].as_str(), job["status_url"].as_str()), (Some("1"), Some("/jobs/1")));
+    assert!(job["verdict"].is_null());
+}
+
+fn poc_wait(secs: u64) -> Request<Body> {
+    post(&format!("/webHook?wait={secs}"), "application/json", &[], br#"{"branch": "master"}"#.to_vec())
+}
+
+#[tokio::test]
+async fn jobs_are_listed_newest_first_in_pages() {
+    let h = harness(None);
+    for b in ["a", "b", "c"] {
+        h.send(poc(&format!(r#"{{"branch": "{b}"}}"#))).await;
+    }
+    let (status, page) = h.get("/jobs?limit=2").await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = page["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["3", "2"]);
+    assert_eq!(page["next"], "/jobs?before=2&limit=2");
+    let (_, rest) = h.get(page["next"].as_str().unwrap()).await;
+    assert_eq!(rest["jobs"][0]["ref"], "a");
+    assert!(rest["next"].is_null());
+    assert_eq!(h.get("/jobs?limit=x").await.0, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn healthz_is_503_below_a_quorum_of_connected_replicas() {
+    let h = harness(None);
+    let (status, body) = h.get("/healthz").await;
+    assert_eq!((status, body["replicas_connected"].as_u64()), (StatusCode::SERVICE_UNAVAILABLE, Some(0)));
+    h.links.connected.store(2, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(h.get("/healthz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    h.links.connected.store(3, std::sync::atomic::Ordering::Relaxed);
+    let (status, body) = h.get("/healthz").await;
+    assert_eq!((status, body["quorum"].as_u64(), body["replicas"].as_u64()), (StatusCode::OK, Some(3), Some(4)));
+}
+
+/// One HTTP/1.1 exchange over a socket: (status, JSON body).
+fn exchange(addr: SocketAddr, raw: &str) -> (u16, Value) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_holds_over_a_real_socket() {
+    let mut h = harness(Some(2));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(pbft_gw::http::serve(listener, h.router.clone(), std::future::pending()));
+    let body = r#"{"branch":"master"}"#;
+    let post = format!(
+        "POST /webHook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answers: Vec<(u16, Value)> =
+        tokio::task::spawn_blocking(move || (0..3).map(|_| exchange(addr, &post)).collect()).await.unwrap();
+    assert_eq!(answers[0], (202, serde_json::json!({"id": "1", "status_url": "/jobs/1"})));
+    assert_eq!(answers[1].0, 202);
+    assert_eq!(answers[2].0, 429, "the socket's source address is rate limited: {:?}", answers[2]);
+    assert!(h.relayed().is_some());
+    let get = "GET /jobs/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string();
+    let (status, job) = tokio::task::spawn_blocking(move || exchange(addr, &get)).await.unwrap();
+    assert_eq!((status, job["ref"].as_str()), (202, Some("master")));
+    server.abort();
+}
