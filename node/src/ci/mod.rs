@@ -13,6 +13,7 @@
 
 pub mod docker;
 pub mod git;
+pub mod job;
 pub mod local;
 pub mod pipeline;
 pub mod runner;
