@@ -1,13 +1,24 @@
-//! `pbft-gw`, the HTTP gateway of pbft-ci: webhooks in, verdicts out.
-//!
-//! A placeholder: its command line is the contract of DESIGN.md, so scripts
-//! and docs can rely on it, but the gateway itself is not built yet.
+//! `pbft-gw`, the HTTP gateway of pbft-ci: webhooks in, verdicts out. The
+//! command line of DESIGN.md's contract, plus the gateway's own p2p and
+//! storage flags; the work is in the library (`pbft_gw`).
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
+use pbft_gw::gateway::Gateway;
+use pbft_gw::jobs::Jobs;
+use pbft_gw::relay::{self, Collector, RelayConfig};
+use pbft_gw::webhook::IntakeConfig;
+use pbft_node::driver::Shutdown;
+use pbft_node::membership::Membership;
+use pbft_node::net::client::{Client, ClientConfig};
+use pbft_node::{keys, logging};
 
 /// The HTTP gateway of pbft-ci: relays webhooks to the replicas, collects
 /// their signed results and serves verdicts with certificates.
@@ -15,7 +26,15 @@ use clap::Parser;
 #[command(
     name = "pbft-gw",
     version,
-    after_help = "Not built yet: this placeholder documents the flags and exits with status 2."
+    after_help = "Routes: POST /webHook (or /webhook) with {\"branch\": \"B\"} or a GitHub, Gitea/Forgejo or\n\
+                  GitLab push event answers 202 {\"id\", \"status_url\"} (?wait=SECONDS waits for the verdict);\n\
+                  GET /jobs, /jobs/ID, /jobs/ID/certificate (what `pbft-node verify` checks), /healthz.\n\
+                  Logs go to stderr and to LOG_DIR/pbft-gw-<PeerId>.log; RUST_LOG filters them.\n\
+                  SIGTERM or ctrl-c stops it; accepted jobs are kept in --data-dir and resumed at start.\n\n\
+                  Example (a loopback testnet whose replica 0 listens on port 7000):\n  \
+                  pbft-gw --key testnet/keys/gateway.key --members testnet/members.toml \\\n    \
+                  --repo file:///srv/git/app --webhook-secret-file testnet/webhook.secret \\\n    \
+                  --bootstrap /ip4/127.0.0.1/tcp/7000"
 )]
 struct Cli {
     /// The gateway's ed25519 key (written by `pbft-node keygen`).
@@ -34,13 +53,106 @@ struct Cli {
     /// trimmed); when set, provider events must carry a valid signature.
     #[arg(long, value_name = "FILE")]
     webhook_secret_file: Option<PathBuf>,
-    /// Webhook requests accepted per second; more get 429.
+    /// Webhook requests accepted per second and source IP (burst the same); more get 429.
     #[arg(long, value_name = "PER_SECOND")]
-    rate_limit: Option<u32>,
+    rate_limit: Option<NonZeroU32>,
+    /// Address of a replica or peer to find the network through, repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// p2p address to listen on, repeatable [default: none; the gateway dials out].
+    #[arg(long, value_name = "MULTIADDR")]
+    p2p_listen: Vec<String>,
+    /// Discover peers on the LAN with mDNS [default: on when listening beyond loopback].
+    #[arg(long, overrides_with = "no_mdns")]
+    mdns: bool,
+    /// Never use mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    /// Directory of the gateway's durable state (accepted jobs, replies, verdicts).
+    #[arg(long, value_name = "DIR", default_value = "gw-data")]
+    data_dir: PathBuf,
+    /// Directory of the log file.
+    #[arg(long, value_name = "DIR", default_value = "log")]
+    log_dir: PathBuf,
+    /// Seconds after acceptance at which a job is decided on the results it has
+    /// (the one result with f + 1 votes, or `undecided`).
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    verdict_deadline: u64,
+    /// Acknowledge tag pushes without running them [default: tags run].
+    #[arg(long)]
+    skip_tags: bool,
 }
 
 fn main() -> ExitCode {
-    let _ = Cli::parse();
-    eprintln!("pbft-gw: the gateway is not built yet (its issue is open)");
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pbft-gw: {e:#}");
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let key = keys::load(&cli.key)?;
+    let membership = Arc::new(Membership::load(&cli.members)?);
+    let me = key.public().to_peer_id();
+    anyhow::ensure!(
+        membership.is_gateway_peer(&me),
+        "{me} (the key in {}) is not a gateway of {}",
+        cli.key.display(),
+        cli.members.display()
+    );
+    let secret = match &cli.webhook_secret_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let trimmed = text.trim();
+            anyhow::ensure!(!trimmed.is_empty(), "{} is empty: no webhook secret", path.display());
+            Some(trimmed.as_bytes().to_vec())
+        }
+    };
+    if let Some(repo) = &cli.repo {
+        pbft_gw::webhook::check_repo(repo).map_err(|e| anyhow::anyhow!("--repo: {e}"))?;
+        if !membership.repo_allowed(repo) {
+            eprintln!("pbft-gw: warning: --repo {repo} is not on the membership's allow-list");
+        }
+    }
+    let _guard = logging::init(&cli.log_dir, &format!("pbft-gw-{me}"))
+        .with_context(|| format!("logging to {}", cli.log_dir.display()))?;
+    let jobs = Arc::new(Jobs::open(&cli.data_dir)?);
+    let intake = IntakeConfig { repo: cli.repo.clone(), secret, run_tags: !cli.skip_tags };
+    let mdns = match (cli.mdns, cli.no_mdns) {
+        (_, true) => Some(false),
+        (true, false) => Some(true),
+        (false, false) => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
+        let collector = Collector::new(jobs.clone(), membership.clone(), Duration::from_secs(cli.verdict_deadline))?;
+        let pending = collector.pending_requests().len();
+        let mut cfg = ClientConfig::new(key.clone(), membership.clone());
+        cfg.bootstrap = cli.bootstrap;
+        cfg.listen = cli.p2p_listen;
+        cfg.mdns = mdns;
+        let client = Client::start(cfg).context("joining the network")?;
+        let (gateway, links) = Gateway::new(jobs, membership, key, intake);
+        let listener =
+            tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("listening on {}", cli.listen))?;
+        tracing::info!(
+            "gateway {me} listening on http://{}; {pending} job(s) without a verdict resumed",
+            listener.local_addr()?
+        );
+        let relay_cfg = RelayConfig { fetch_every: Duration::from_secs(15) };
+        let mut stop = shutdown.clone();
+        let relay = tokio::spawn(relay::run(client, collector, links, relay_cfg, async move { stop.fired().await }));
+        let router = pbft_gw::http::router(gateway, cli.rate_limit);
+        let mut stop = shutdown.clone();
+        pbft_gw::http::serve(listener, router, async move { stop.fired().await }).await.context("serving HTTP")?;
+        let _ = relay.await;
+        Ok(())
+    })
 }
