@@ -2,10 +2,14 @@
 //! multi-process tests: keys and membership in a temporary directory,
 //! replica 0 on a known port, the others finding the network only through
 //! `--bootstrap` of replica 0. Every process is killed when the testnet is
-//! dropped, whatever the test did. Only 127.0.0.1 is ever used.
+//! dropped, whatever the test did. Only 127.0.0.1 is ever used, but by
+//! [`netns`]: a LAN of hosts with addresses of their own.
 
 #![allow(dead_code)]
 
+pub mod netns;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -14,6 +18,8 @@ use std::time::{Duration, Instant};
 use libp2p_identity::Keypair;
 use pbft_node::membership::{Member, Membership};
 use pbft_node::net::client::{Client, ClientConfig};
+use pbft_node::store::Store;
+use pbft_node::wire::{Digest, JobId};
 
 /// One testnet at a time: four replicas per test already fill two cores,
 /// and timers (view changes, retransmissions) are part of what is tested.
@@ -79,16 +85,16 @@ impl Testnet {
         self.dir.path().join("log")
     }
 
-    /// Starts replica `i` (again, if it ran before: same key, same data dir).
-    pub fn start(&mut self, i: usize) {
-        let port = if i == 0 { self.port0 } else { 0 };
+    /// `pbft-node run` for replica `i` with its key, membership, data and log
+    /// dirs and the none executor; where it listens and what it dials is the
+    /// caller's.
+    pub fn replica_command(&self, i: usize) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pbft-node"));
         cmd.arg("run")
             .arg("--key")
             .arg(self.dir.path().join(format!("replica{i}.key")))
             .arg("--members")
             .arg(&self.members_file)
-            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")])
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .arg("--log-dir")
@@ -98,6 +104,14 @@ impl Testnet {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        cmd
+    }
+
+    /// Starts replica `i` (again, if it ran before: same key, same data dir).
+    pub fn start(&mut self, i: usize) {
+        let port = if i == 0 { self.port0 } else { 0 };
+        let mut cmd = self.replica_command(i);
+        cmd.args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")]);
         if i != 0 {
             cmd.args(["--bootstrap", &self.bootstrap()]);
         }
@@ -151,6 +165,11 @@ impl Testnet {
     }
 
     pub fn client_with_key(&self, key: Keypair, observe_consensus: bool) -> Client {
+        self.client_via(key, observe_consensus, vec![self.bootstrap()])
+    }
+
+    /// A client that finds the network through `bootstrap`.
+    pub fn client_via(&self, key: Keypair, observe_consensus: bool, bootstrap: Vec<String>) -> Client {
         // The clients' logs show with a failing test's output; filter with
         // PBFT_TEST_CLIENT_LOG (e.g. pbft_node::net=debug), default warn.
         let filter = std::env::var("PBFT_TEST_CLIENT_LOG").unwrap_or_else(|_| "warn".into());
@@ -159,7 +178,7 @@ impl Testnet {
             .with_test_writer()
             .try_init();
         let mut cfg = ClientConfig::new(key, self.membership.clone());
-        cfg.bootstrap = vec![self.bootstrap()];
+        cfg.bootstrap = bootstrap;
         cfg.observe_consensus = observe_consensus;
         cfg.retry = Duration::from_millis(500);
         Client::start(cfg).expect("client starts")
@@ -212,4 +231,26 @@ pub async fn wait_connected(client: &Client, within: Duration) {
         assert!(Instant::now() < deadline, "client not connected to every replica within {within:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A replica's job log as its store holds it: (last batch, every job with
+/// its request). The replica's own signed result differs from replica to
+/// replica (it carries its signature), so it is left out. Read once the
+/// replica stopped.
+pub type JobLog = (u64, BTreeMap<JobId, (Digest, Vec<u8>)>);
+
+pub fn job_log(dir: &Path) -> JobLog {
+    let store = Store::open(dir).expect("store opens after the replica stopped");
+    let last = store.last_batch().unwrap();
+    let mut jobs = BTreeMap::new();
+    for seq in 1..=last {
+        for index in 0.. {
+            let job = JobId { seq, index };
+            match store.job(job).unwrap() {
+                Some(record) => jobs.insert(job, (record.request, record.request_bytes)),
+                None => break,
+            };
+        }
+    }
+    (last, jobs)
 }
