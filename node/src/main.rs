@@ -7,6 +7,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use pbft_node::ci::docker::{DockerLimits, DockerRunner};
+use pbft_node::ci::job::{CiConfig, CiExecutor};
+use pbft_node::ci::local::LocalRunner;
+use pbft_node::ci::pipeline::Pipeline;
 use pbft_node::driver::{self, Executor, NodeConfig, NoneExecutor, Shutdown};
 use pbft_node::membership::Membership;
 use pbft_node::wire::{Certificate, JobResult, Operation, Outcome, VerifiedCertificate};
@@ -103,6 +107,38 @@ struct RunArgs {
     /// Directory of the log file.
     #[arg(long, value_name = "DIR", default_value = "log")]
     log_dir: PathBuf,
+    /// Jobs that run at once; the others wait in order.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    max_jobs: u16,
+    /// Pipeline file for repositories without .pbft-ci.yml [default: none; their jobs are an
+    /// `invalid pipeline` error]. Every replica of a network needs the same one.
+    #[arg(long, value_name = "FILE")]
+    default_pipeline: Option<PathBuf>,
+    /// Allow file:// repositories (the local testnet's): they read this machine's disk.
+    #[arg(long)]
+    allow_file_urls: bool,
+    /// A URL scheme allowed besides https, repeatable (e.g. ssh, http, git).
+    #[arg(long = "git-scheme", value_name = "SCHEME")]
+    git_schemes: Vec<String>,
+    /// Attempts at a job this machine fails (engine or image unavailable, fetch failed) before it
+    /// signs an abstention.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    job_attempts: u32,
+    /// Logs of this many jobs are kept under DATA_DIR/ci/logs; older ones are removed.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    keep_logs: usize,
+    /// A step's log is cut, with a marker, past this many bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    log_bytes_max: u64,
+    /// docker: memory of a step's container, in MiB (swap included).
+    #[arg(long, value_name = "MIB", default_value_t = 2048)]
+    step_memory_mb: i64,
+    /// docker: CPUs of a step's container.
+    #[arg(long, value_name = "CPUS", default_value_t = 2.0)]
+    step_cpus: f64,
+    /// docker: processes a step's container may hold.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    step_pids: i64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -114,9 +150,6 @@ enum ExecutorKind {
     /// No-op: every job passes at once (fails with "ref not found" when no commit is pinned).
     None,
 }
-
-/// Exit status of `run` for an executor that is not built yet.
-const EXIT_NOT_BUILT: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -136,18 +169,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let executor: Arc<dyn Executor> = match args.executor {
-        ExecutorKind::None => Arc::new(NoneExecutor),
-        kind @ (ExecutorKind::Docker | ExecutorKind::Local) => {
-            let name = if kind == ExecutorKind::Docker { "docker" } else { "local" };
-            eprintln!(
-                "pbft-node: the {name} executor is not built yet (its issue is open); \
-                 use --executor none to order jobs with no-op results"
-            );
-            return ExitCode::from(EXIT_NOT_BUILT);
-        }
-    };
-    match run_replica(args, executor) {
+    match run_replica(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pbft-node: {e:#}");
@@ -157,17 +179,25 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-fn run_replica(args: RunArgs, executor: Arc<dyn Executor>) -> anyhow::Result<()> {
+fn run_replica(args: RunArgs) -> anyhow::Result<()> {
     let key = keys::load(&args.key)?;
     let membership = Arc::new(Membership::load(&args.members)?);
     let me = key.public().to_peer_id();
     let index = membership.replica_index(&me).with_context(|| {
         format!("{me} (the key in {}) is not a replica of {}", args.key.display(), args.members.display())
     })?;
+    let default_pipeline = args
+        .default_pipeline
+        .as_ref()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Pipeline::parse(&text).with_context(|| format!("{} is not a valid pipeline", path.display()))
+        })
+        .transpose()?;
     let _guard = logging::init(&args.log_dir, &format!("pbft-node-{me}"))
         .with_context(|| format!("logging to {}", args.log_dir.display()))?;
     let listen = if !args.listen.is_empty() {
-        args.listen
+        args.listen.clone()
     } else if let Some(addr) = &membership.replicas[index].addr {
         vec![addr.clone()]
     } else {
@@ -178,13 +208,64 @@ fn run_replica(args: RunArgs, executor: Arc<dyn Executor>) -> anyhow::Result<()>
         (true, false) => Some(true),
         (false, false) => None,
     };
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let cfg =
-        NodeConfig { key, membership, listen, bootstrap: args.bootstrap, mdns, data_dir: args.data_dir, executor };
+    private_dir(&args.data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
         let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
+        let executor = executor(&args, &me, membership.clone(), default_pipeline).await?;
+        let cfg =
+            NodeConfig { key, membership, listen, bootstrap: args.bootstrap, mdns, data_dir: args.data_dir, executor };
         driver::run(cfg, shutdown).await.map_err(anyhow::Error::from)
+    })
+}
+
+/// The data dir holds the store and the job runner's files. Others may only
+/// pass through it: as root, the local executor runs steps as an
+/// unprivileged user in workspaces under it.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("restricting {}", dir.display()))
+}
+
+async fn executor(
+    args: &RunArgs,
+    me: &libp2p_identity::PeerId,
+    membership: Arc<Membership>,
+    default_pipeline: Option<Pipeline>,
+) -> anyhow::Result<Arc<dyn Executor>> {
+    let mut cfg = CiConfig::new(args.data_dir.join("ci"));
+    cfg.schemes = args.git_schemes.clone();
+    cfg.allow_file_urls = args.allow_file_urls;
+    cfg.default_pipeline = default_pipeline;
+    cfg.max_jobs = usize::from(args.max_jobs);
+    cfg.attempts = args.job_attempts;
+    cfg.keep_logs = args.keep_logs;
+    cfg.log_bytes_max = args.log_bytes_max;
+    let at = cfg.dir.display().to_string();
+    Ok(match args.executor {
+        ExecutorKind::None => Arc::new(NoneExecutor),
+        ExecutorKind::Local => {
+            tracing::warn!("the local executor runs steps unisolated on this machine: trusted repositories only");
+            Arc::new(CiExecutor::new(cfg, LocalRunner::new(), membership).with_context(|| format!("preparing {at}"))?)
+        }
+        ExecutorKind::Docker => {
+            let limits = DockerLimits {
+                memory_bytes: args.step_memory_mb.saturating_mul(1 << 20),
+                nano_cpus: (args.step_cpus * 1e9) as i64,
+                pids_limit: args.step_pids,
+            };
+            let runner = DockerRunner::connect(&me.to_string(), limits)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e} (choose --executor local to run steps without Docker)"))?;
+            match runner.reap().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("removed {n} containers a previous run left behind"),
+                Err(e) => tracing::warn!("reaping containers of a previous run: {e}"),
+            }
+            Arc::new(CiExecutor::new(cfg, runner, membership).with_context(|| format!("preparing {at}"))?)
+        }
     })
 }
 

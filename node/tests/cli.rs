@@ -211,18 +211,47 @@ fn every_subcommand_answers_h() {
         "--data-dir",
         "--executor",
         "--log-dir",
+        "--max-jobs",
+        "--default-pipeline",
+        "--allow-file-urls",
+        "--git-scheme",
     ] {
         assert!(run.contains(flag), "run -h names {flag}: {run}");
     }
 }
 
 #[test]
-fn run_with_an_executor_not_built_yet_exits_2_with_a_reason() {
-    for executor in ["docker", "local"] {
-        let out = pbft_node(&["run", "--key", "k", "--members", "m", "--executor", executor]);
-        assert_eq!(out.status.code(), Some(2), "{executor}: {}", stderr(&out));
-        assert!(stderr(&out).contains("not built yet"), "{executor}: {}", stderr(&out));
+fn run_refuses_an_invalid_default_pipeline_before_joining() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = String::from("name = \"cli-test\"\nrepos = []\n");
+    for i in 0..4 {
+        let out = pbft_node(&["keygen", "--out", path(&dir.path().join(format!("r{i}.key")))]);
+        members.push_str(&format!("\n[[replicas]]\npeer_id = \"{}\"\n", stdout(&out).trim()));
     }
+    let members_file = dir.path().join("members.toml");
+    std::fs::write(&members_file, members).unwrap();
+    let pipeline = dir.path().join("default.yml");
+    std::fs::write(&pipeline, "steps:\n  - name: build\n    commands: 3\n").unwrap();
+    let out = pbft_node(&[
+        "run",
+        "--key",
+        path(&dir.path().join("r0.key")),
+        "--members",
+        path(&members_file),
+        "--executor",
+        "none",
+        "--default-pipeline",
+        path(&pipeline),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--data-dir",
+        path(&dir.path().join("data")),
+        "--log-dir",
+        path(&dir.path().join("log")),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("is not a valid pipeline") && err.contains("line 3"), "{err}");
 }
 
 #[test]

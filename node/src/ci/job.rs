@@ -11,7 +11,9 @@
 //!   `SHA256SUMS` over them; the newest `keep_logs` jobs are kept.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,9 @@ use super::runner::{Fault, StepExit, StepRunner, StepSpec};
 use crate::driver::{Abstain, Executor, JobFuture};
 use crate::membership::Membership;
 use crate::wire::{limits, JobId, JobResult, Operation, Outcome, Request, RequestError, StepResult};
+
+/// How long a stopping node waits for its jobs to clean up.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 
 pub struct CiConfig {
     /// Where caches, workspaces and logs live (e.g. `DATA_DIR/ci`).
@@ -90,8 +95,12 @@ enum Stop {
 
 impl<R: StepRunner> CiExecutor<R> {
     pub fn new(cfg: CiConfig, runner: R, membership: Arc<Membership>) -> std::io::Result<CiExecutor<R>> {
-        for sub in ["cache", "work", "logs"] {
-            std::fs::create_dir_all(cfg.dir.join(sub))?;
+        // Steps of the local executor, run as an unprivileged user when the
+        // node is root, reach their workspace and nothing else of ours.
+        for (sub, mode) in [("", 0o711), ("cache", 0o700), ("work", 0o711), ("logs", 0o700)] {
+            let dir = cfg.dir.join(sub);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         }
         // Workspaces of jobs interrupted by a crash: they run again, afresh.
         for entry in std::fs::read_dir(cfg.dir.join("work"))? {
@@ -141,6 +150,20 @@ impl<R: StepRunner> Executor for CiExecutor<R> {
             info!(%job, "cancelling");
             token.cancel();
         }
+    }
+
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            self.inner.slots.close();
+            for token in self.inner.tokens.lock().expect("tokens").values() {
+                token.cancel();
+            }
+            // Each job's guard unregisters it once its runner cleaned up.
+            let deadline = Instant::now() + SHUTDOWN_WAIT;
+            while !self.inner.tokens.lock().expect("tokens").is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
     }
 }
 

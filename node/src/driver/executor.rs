@@ -26,6 +26,11 @@ pub trait Executor: Send + Sync {
     /// An ordered cancel of `job`: stop it if it is queued or running (its
     /// result is then `cancelled`); nothing if it has ended.
     fn cancel(&self, _job: JobId) {}
+    /// The node stops: stop every job (their outcomes are not results; they
+    /// run again at the next start) and return once nothing runs any more.
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
 }
 
 /// Completes every job at once with a deterministic no-op result: for tests

@@ -106,6 +106,9 @@ pub async fn run(cfg: NodeConfig, mut shutdown: Shutdown) -> Result<(), DriverEr
             }
         }
     }
+    // Jobs stopped now are not cancelled by consensus: their outcomes are
+    // never signed, and they run again at the next start.
+    driver.executor.shutdown().await;
     info!(executed = driver.replica.last_executed(), "stopped");
     Ok(())
 }

@@ -96,6 +96,8 @@ impl Store {
             Ok(Err(source)) => return Err(StoreError::Unreadable { path, source }),
             Err(detail) => return Err(StoreError::OpenPanicked { path, detail }),
         };
+        // Private whatever the umask: steps may run on this machine.
+        restrict(&path).map_err(|e| io("restricting the database file", e))?;
         // Every page's checksum, now rather than at some later read: damage
         // is an error at start. Commits are two-phase, so a damaged latest
         // commit is reported here, never silently replaced by the one before.
@@ -547,4 +549,9 @@ fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<Store>();
+}
+
+fn restrict(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
