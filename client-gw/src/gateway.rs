@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libp2p_identity::Keypair;
+use pbft_node::ci::git::{resolve_remote, GitConfig};
 use pbft_node::membership::Membership;
 use pbft_node::wire::{Certificate, Digest, Operation, Outcome, Reply, ReplyBody, Request, Signed};
 use serde::Serialize;
@@ -22,6 +23,9 @@ use crate::webhook::{IntakeConfig, Submission};
 
 /// Requests accepted but not yet taken by the relay.
 const RELAY_QUEUE_MAX: usize = 16_384;
+/// Longest wait for `git ls-remote` when pinning a ref; past it, the job goes
+/// unpinned and the replicas resolve the ref themselves.
+const PIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -49,6 +53,8 @@ pub struct Gateway {
     membership: Arc<Membership>,
     key: Keypair,
     pub intake: IntakeConfig,
+    /// How to reach repositories to pin refs (`git ls-remote`); `None`: never pin.
+    pin: Option<GitConfig>,
     to_relay: mpsc::Sender<Signed<Request>>,
     changed: watch::Receiver<u64>,
     connected: Arc<AtomicUsize>,
@@ -65,11 +71,12 @@ impl Gateway {
         membership: Arc<Membership>,
         key: Keypair,
         intake: IntakeConfig,
+        pin: Option<GitConfig>,
     ) -> (Arc<Gateway>, RelayLinks) {
         let (to_relay, requests) = mpsc::channel(RELAY_QUEUE_MAX);
         let (changed_tx, changed) = watch::channel(0);
         let connected = Arc::new(AtomicUsize::new(0));
-        let gateway = Gateway { jobs, membership, key, intake, to_relay, changed, connected: connected.clone() };
+        let gateway = Gateway { jobs, membership, key, intake, pin, to_relay, changed, connected: connected.clone() };
         (Arc::new(gateway), RelayLinks { requests, changed: changed_tx, connected })
     }
 
@@ -96,6 +103,7 @@ impl Gateway {
                 return Ok((n, false));
             }
         }
+        let sub = self.pinned(sub).await;
         let jobs = self.jobs.clone();
         let key = self.key.clone();
         let network = self.membership.network_id();
@@ -129,6 +137,28 @@ impl Gateway {
             Some(Accepted::Existing(n)) => Ok((n, false)),
             None => Err(GatewayError::Stopped),
         }
+    }
+
+    /// `sub` with its ref pinned to the commit it names on the repository
+    /// now, when it came unpinned (the proof of concept's `{"branch": B}`).
+    /// A ref that names nothing, or a repository out of reach, leaves it
+    /// unpinned: the replicas then agree on "ref not found" themselves.
+    async fn pinned(&self, mut sub: Submission) -> Submission {
+        let Some(cfg) = &self.pin else { return sub };
+        if sub.commit.is_some() {
+            return sub;
+        }
+        match tokio::time::timeout(PIN_TIMEOUT, resolve_remote(&sub.repo, &sub.git_ref, cfg)).await {
+            Ok(Ok(Some(commit))) => sub.commit = Some(commit),
+            Ok(Ok(None)) => tracing::info!("{} names nothing on {}: submitted unpinned", sub.git_ref, sub.repo),
+            Ok(Err(e)) => tracing::warn!("pinning {} of {}: {e}; submitted unpinned", sub.git_ref, sub.repo),
+            Err(_) => tracing::warn!(
+                "pinning {} of {}: no answer within {PIN_TIMEOUT:?}; submitted unpinned",
+                sub.git_ref,
+                sub.repo
+            ),
+        }
+        sub
     }
 
     /// Waits until job `number` has a verdict, at most `within`; the job as

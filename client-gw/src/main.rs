@@ -15,6 +15,7 @@ use pbft_gw::gateway::Gateway;
 use pbft_gw::jobs::Jobs;
 use pbft_gw::relay::{self, Collector, RelayConfig};
 use pbft_gw::webhook::IntakeConfig;
+use pbft_node::ci::git::GitConfig;
 use pbft_node::driver::Shutdown;
 use pbft_node::membership::Membership;
 use pbft_node::net::client::{Client, ClientConfig};
@@ -81,6 +82,12 @@ struct Cli {
     /// Acknowledge tag pushes without running them [default: tags run].
     #[arg(long)]
     skip_tags: bool,
+    /// Allow file:// repositories when pinning `{"branch": B}` (the local testnet's).
+    #[arg(long)]
+    allow_file_urls: bool,
+    /// A URL scheme allowed besides https when pinning, repeatable (e.g. ssh, http, git).
+    #[arg(long = "git-scheme", value_name = "SCHEME")]
+    git_schemes: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -139,7 +146,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cfg.listen = cli.p2p_listen;
         cfg.mdns = mdns;
         let client = Client::start(cfg).context("joining the network")?;
-        let (gateway, links) = Gateway::new(jobs, membership, key, intake);
+        // Pinning only lists refs (`git ls-remote`): the cache directory stays unused.
+        let pin = GitConfig {
+            cache_dir: cli.data_dir.join("git-cache"),
+            allow_file_urls: cli.allow_file_urls,
+            schemes: cli.git_schemes,
+        };
+        let (gateway, links) = Gateway::new(jobs, membership, key, intake, Some(pin));
         let listener =
             tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("listening on {}", cli.listen))?;
         tracing::info!(

@@ -21,7 +21,6 @@ use pbft_gw::webhook::signature::hmac_sha256_hex;
 use pbft_node::membership::{Member, Membership};
 use serde_json::Value;
 
-const REPO: &str = "file:///srv/git/app";
 const SECRET: &str = "e2e-webhook-secret";
 const COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
 const GITHUB_PUSH: &str = include_str!("fixtures/github-push.json");
@@ -59,9 +58,30 @@ fn pbft_node_binary() -> PathBuf {
     node
 }
 
+/// Runs git in `dir`, isolated from the machine's configuration; its trimmed stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 struct Testnet {
     _lock: File,
     dir: tempfile::TempDir,
+    /// The gateway's `--repo`: a git repository with a `master` branch.
+    repo: String,
+    /// `master`'s commit.
+    head: String,
     node: PathBuf,
     members: PathBuf,
     port0: u16,
@@ -75,6 +95,14 @@ impl Testnet {
         let lock = testnet_lock();
         let node = pbft_node_binary();
         let dir = tempfile::tempdir().unwrap();
+        let origin = dir.path().join("git/origin");
+        std::fs::create_dir_all(&origin).unwrap();
+        git(&origin, &["init", "-q", "-b", "master"]);
+        std::fs::write(origin.join("README"), "pbft-ci end-to-end\n").unwrap();
+        git(&origin, &["add", "README"]);
+        git(&origin, &["commit", "-q", "-m", "first"]);
+        let head = git(&origin, &["rev-parse", "HEAD"]);
+        let repo = format!("file://{}", origin.display());
         let replica_keys: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
         let gw_key = Keypair::generate_ed25519();
         let member = |k: &Keypair| Member { peer_id: k.public().to_peer_id(), addr: None };
@@ -82,7 +110,7 @@ impl Testnet {
             "gateway-e2e".into(),
             replica_keys.iter().map(member).collect(),
             vec![member(&gw_key)],
-            vec!["file:///srv/git/".into(), "https://github.com/Codertocat/".into()],
+            vec![format!("file://{}/", dir.path().join("git").display()), "https://github.com/Codertocat/".into()],
         )
         .unwrap();
         let members = dir.path().join("members.toml");
@@ -94,7 +122,8 @@ impl Testnet {
         std::fs::write(dir.path().join("webhook.secret"), format!("  {SECRET}\n")).unwrap();
         let port0 = free_port();
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut net = Testnet { _lock: lock, dir, node, members, port0, http, replicas: Vec::new(), gateway: None };
+        let mut net =
+            Testnet { _lock: lock, dir, repo, head, node, members, port0, http, replicas: Vec::new(), gateway: None };
         for i in 0..4 {
             let child = net.replica(i).spawn().expect("pbft-node starts");
             net.replicas.push(child);
@@ -139,7 +168,7 @@ impl Testnet {
             .arg(self.path("gateway.key"))
             .arg("--members")
             .arg(&self.members)
-            .args(["--listen", &self.http.to_string(), "--repo", REPO])
+            .args(["--listen", &self.http.to_string(), "--repo", &self.repo, "--allow-file-urls"])
             .arg("--webhook-secret-file")
             .arg(self.path("webhook.secret"))
             .args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{}", self.port0), "--no-mdns"])
@@ -256,12 +285,12 @@ fn a_webhook_gets_a_verdict_whose_certificate_pbft_node_verify_accepts_and_a_red
     let started = Instant::now();
     let net = Testnet::start();
 
-    // The proof of concept's call, pinned, waiting for the verdict.
-    let body = format!(r#"{{"branch": "master", "commit": "{COMMIT}"}}"#);
-    let (status, job) = net.post_json("/webHook?wait=60", &body);
+    // The proof of concept's call, waiting for the verdict: the gateway pins
+    // the branch to its commit, and `none` passes a pinned commit.
+    let (status, job) = net.post_json("/webHook?wait=60", r#"{"branch": "master"}"#);
     assert_eq!(status, 200, "{job}");
     assert_eq!((job["verdict"].as_str(), job["ref"].as_str()), (Some("passed"), Some("master")));
-    assert_eq!((job["repo"].as_str(), job["commit"].as_str()), (Some(REPO), Some(COMMIT)));
+    assert_eq!((job["repo"].as_str(), job["commit"].as_str()), (Some(net.repo.as_str()), Some(net.head.as_str())));
     let votes = job["votes"].as_array().unwrap();
     assert_eq!(votes.len(), 4);
     assert!(votes.iter().filter(|v| v["vote"] == "passed").count() >= 2, "{job}");
@@ -277,9 +306,10 @@ fn a_webhook_gets_a_verdict_whose_certificate_pbft_node_verify_accepts_and_a_red
     let (ok, said) = net.verify("tampered.json", &tampered(&job["certificate"]));
     assert!(!ok, "a changed hex digit must fail: {said}");
 
-    // An unpinned branch: the replicas agree the ref was not found.
-    let (status, job) = net.post_json("/webHook?wait=60", r#"{"branch": "feature"}"#);
-    assert_eq!((status, job["verdict"].as_str()), (200, Some("error")), "{job}");
+    // A branch that does not exist goes unpinned: the replicas agree the ref was not found.
+    let (status, job) = net.post_json("/webHook?wait=60", r#"{"branch": "no-such-branch"}"#);
+    assert_eq!((status, job["verdict"].as_str(), job["commit"].as_null()), (200, Some("error"), Some(())), "{job}");
+    assert!(job["certificate"].is_object(), "an error result is certified too: {job}");
 
     // The same GitHub delivery twice: one job, run once.
     let sig = format!("sha256={}", hmac_sha256_hex(SECRET.as_bytes(), GITHUB_PUSH.as_bytes()));

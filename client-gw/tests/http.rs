@@ -55,7 +55,7 @@ fn harness(rate_limit: Option<u32>) -> Harness {
     );
     let jobs = Arc::new(Jobs::open(dir.path()).unwrap());
     let intake = IntakeConfig { repo: Some(REPO.into()), secret: Some(SECRET.as_bytes().to_vec()), run_tags: true };
-    let (gateway, links) = Gateway::new(jobs.clone(), membership.clone(), key, intake);
+    let (gateway, links) = Gateway::new(jobs.clone(), membership.clone(), key, intake, None);
     let router = pbft_gw::http::router(gateway.clone(), rate_limit.and_then(NonZeroU32::new));
     Harness { _dir: dir, jobs, links, replicas, membership, router }
 }

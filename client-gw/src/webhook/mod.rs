@@ -16,13 +16,16 @@
 mod github;
 mod gitlab;
 mod poc;
-pub mod refname;
 pub mod signature;
 
 use axum::http::{HeaderMap, StatusCode};
 use pbft_node::wire::limits::{DELIVERY_BYTES_MAX, REPO_BYTES_MAX};
 
-pub use refname::check_ref;
+/// Git's refname rules and ours (no leading `-`, bounded length): the
+/// replicas' own check, so both ends refuse the same refs.
+pub fn check_ref(name: &str) -> Result<(), IntakeError> {
+    pbft_node::ci::git::check_ref(name).map_err(IntakeError::Invalid)
+}
 
 /// What to order: a run of `repo` at `git_ref`, pinned to `commit` when known.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,7 +229,7 @@ struct Push {
 
 impl Push {
     fn decide(self, cfg: &IntakeConfig, delivery: Option<String>) -> Result<Intake, IntakeError> {
-        check_ref(&self.git_ref).map_err(|e| invalid(format!("ref {:?}: {e}", self.git_ref)))?;
+        check_ref(&self.git_ref)?;
         if self.deleted || is_null_commit(&self.after) {
             return Ok(Intake::Skip(format!("{} was deleted: nothing to run", self.git_ref)));
         }

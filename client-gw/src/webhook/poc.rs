@@ -25,7 +25,7 @@ pub(super) fn intake(cfg: &IntakeConfig, json: &[u8]) -> Result<Intake, IntakeEr
     if call.repo.as_ref().is_some_and(|r| r != own) {
         return Err(invalid(format!("an unsigned call may only name this gateway's repository, {own}")));
     }
-    check_ref(&call.branch).map_err(|e| invalid(format!("branch {:?}: {e}", call.branch)))?;
+    check_ref(&call.branch)?;
     let commit = call.commit.as_deref().map(check_commit).transpose()?;
     Ok(Intake::Run(Submission { repo: own.clone(), git_ref: call.branch, commit, delivery: None }))
 }

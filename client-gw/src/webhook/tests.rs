@@ -347,7 +347,7 @@ fn gitlab_cases() -> Vec<Case> {
 
 fn poc_cases() -> Vec<Case> {
     let commit = "0123456789abcdef0123456789abcdef01234567";
-    vec![
+    let mut cases = vec![
         case("poc branch", cfg(), json(), r#"{"branch": "master"}"#, Want::Run(run(OWN_REPO, "master", None, None))),
         case(
             "poc branch without a secret",
@@ -395,7 +395,19 @@ fn poc_cases() -> Vec<Case> {
         case("poc reflog syntax", cfg(), json(), r#"{"branch": "master@{yesterday}"}"#, Want::Status(400)),
         case("poc glob", cfg(), json(), r#"{"branch": "feat*"}"#, Want::Status(400)),
         case("poc empty branch", cfg(), json(), r#"{"branch": ""}"#, Want::Status(400)),
-    ]
+    ];
+    // git's refname rules, one breach each.
+    for hostile in [
+        "a~1", "a^", "a:b", "a?", "a[0]", "a\\\\b", "@", ".hidden", "x/.y", "x.lock", "a//b", "a/", "/a", "a.",
+        "refs/x", "a\\u007f",
+    ] {
+        let body = format!(r#"{{"branch": "{hostile}"}}"#);
+        // Refused by the ref rules, not as malformed JSON.
+        let err = intake(&cfg(), &json(), body.as_bytes(), Encoding::Json).unwrap_err();
+        assert!(err.to_string().contains("invalid ref"), "{hostile}: {err}");
+        cases.push(case("poc hostile ref", cfg(), json(), body, Want::Status(400)));
+    }
+    cases
 }
 
 #[test]
@@ -437,7 +449,7 @@ fn skip_and_error_reasons_say_why() {
     assert!(matches!(&got, Ok(Intake::Skip(r)) if r.contains("deleted")), "{got:?}");
     let body = r#"{"branch": "--upload-pack=x"}"#;
     let err = intake(&cfg(), &json(), body.as_bytes(), Encoding::Json).unwrap_err();
-    assert!(err.to_string().contains("may not start with '-'"), "{err}");
+    assert!(err.to_string().contains("starts with '-'"), "{err}");
     let err = intake(&cfg(), &github("push", GITHUB_PUSH, "x"), GITHUB_PUSH.as_bytes(), Encoding::Json).unwrap_err();
     assert!(err.to_string().contains("X-Hub-Signature-256"), "{err}");
 }
