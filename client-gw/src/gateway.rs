@@ -36,12 +36,18 @@ pub enum GatewayError {
     Store(#[from] JobsError),
     #[error("the store's worker stopped")]
     Stopped,
+    #[error("no job {0}")]
+    NotFound(u64),
+    /// The request does not fit the job's state (409).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// The relay's ends of what it shares with the gateway.
 pub struct RelayLinks {
-    /// Signed requests of newly accepted jobs, to submit.
-    pub requests: mpsc::Receiver<Signed<Request>>,
+    /// Newly accepted jobs, to submit: the signed request and when it was
+    /// accepted (Unix ms).
+    pub requests: mpsc::Receiver<(Signed<Request>, u64)>,
     /// Bumped whenever a job gets (or changes) its verdict.
     pub changed: watch::Sender<u64>,
     /// Replicas the relay's client is connected to.
@@ -55,7 +61,7 @@ pub struct Gateway {
     pub intake: IntakeConfig,
     /// How to reach repositories to pin refs (`git ls-remote`); `None`: never pin.
     pin: Option<GitConfig>,
-    to_relay: mpsc::Sender<Signed<Request>>,
+    to_relay: mpsc::Sender<(Signed<Request>, u64)>,
     changed: watch::Receiver<u64>,
     connected: Arc<AtomicUsize>,
 }
@@ -128,15 +134,64 @@ impl Gateway {
                     job.commit.as_deref().unwrap_or("(unpinned)"),
                     job.delivery.as_deref().map(|d| format!(" (delivery {d})")).unwrap_or_default()
                 );
-                let signed = Signed::<Request>::open(&job.request, &network, self.membership.as_ref())
-                    .expect("a request this gateway just signed opens");
-                // Durable already: if the relay is gone, a restart submits it.
-                let _ = self.to_relay.send(signed).await;
+                self.relay(&job).await;
                 Ok((job.number, true))
             }
             Some(Accepted::Existing(n)) => Ok((n, false)),
             None => Err(GatewayError::Stopped),
         }
+    }
+
+    /// Hands a durable job to the relay. If the relay is gone, a restart
+    /// submits it.
+    async fn relay(&self, job: &Job) {
+        let network = self.membership.network_id();
+        let signed = Signed::<Request>::open(&job.request, &network, self.membership.as_ref())
+            .expect("a request this gateway just signed opens");
+        let _ = self.to_relay.send((signed, job.accepted_ms)).await;
+    }
+
+    /// Orders a new run of job `number`'s repository, ref and commit.
+    pub async fn rerun(&self, number: u64) -> Result<u64, GatewayError> {
+        let job = self.jobs.get(number)?.ok_or(GatewayError::NotFound(number))?;
+        if job.cancel_of.is_some() {
+            return Err(GatewayError::Conflict(format!("job {number} is a cancel request; it has nothing to rerun")));
+        }
+        let sub = Submission { repo: job.repo, git_ref: job.git_ref, commit: job.commit, delivery: None };
+        let (n, _) = self.accept(sub).await?;
+        tracing::info!("job {n} reruns job {number}");
+        Ok(n)
+    }
+
+    /// Orders the cancellation of job `number`, which must be ordered (its
+    /// job id named) and without a verdict.
+    pub async fn cancel(&self, number: u64) -> Result<u64, GatewayError> {
+        let target = self.jobs.get(number)?.ok_or(GatewayError::NotFound(number))?;
+        if let Some(d) = &target.decision {
+            return Err(GatewayError::Conflict(format!("job {number} has its verdict ({})", d.verdict.as_str())));
+        }
+        if target.cancel_of.is_some() {
+            return Err(GatewayError::Conflict(format!("job {number} is a cancel request itself")));
+        }
+        let Some(job_id) = target.ordered else {
+            return Err(GatewayError::Conflict(format!("job {number} is not ordered yet; retry in a moment")));
+        };
+        let jobs = self.jobs.clone();
+        let key = self.key.clone();
+        let network = self.membership.network_id();
+        let signer = key.public().to_peer_id();
+        let cancel = tokio::task::spawn_blocking(move || {
+            let sign = |n: u64| {
+                let req = Request { gateway: signer, number: n, delivery: None, op: Operation::Cancel { job: job_id } };
+                Signed::seal(req, &network, &key).bytes().to_vec()
+            };
+            jobs.accept_cancel(&target, now_ms(), &sign)
+        })
+        .await
+        .map_err(|_| GatewayError::Stopped)??;
+        tracing::info!("job {}: cancels job {number} ({job_id})", cancel.number);
+        self.relay(&cancel).await;
+        Ok(cancel.number)
     }
 
     /// `sub` with its ref pinned to the commit it names on the repository
@@ -281,6 +336,7 @@ pub fn summary(job: &Job) -> JobSummary {
         job: job.ordered.map(|j| j.to_string()),
         accepted_ms: job.accepted_ms,
         refused: job.refused.clone(),
+        cancel_of: job.cancel_of.map(|n| n.to_string()),
     }
 }
 
@@ -300,6 +356,9 @@ pub struct JobSummary {
     /// When the gateway accepted it (Unix milliseconds).
     pub accepted_ms: u64,
     pub refused: Option<String>,
+    /// For a cancel request: the id of the job it cancels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_of: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -5,12 +5,15 @@
 //!   made; `?wait=SECONDS` answers with the job once its verdict is in (200)
 //!   or when the wait runs out (202). Acknowledged deliveries that run
 //!   nothing (pings, deletions, `[skip ci]`) get `200 {"skipped": reason}`.
+//! - `POST /jobs/{id}/rerun` (a new run of the same commit) and
+//!   `POST /jobs/{id}/cancel` (409 once the job has a verdict, or before it
+//!   is ordered), both through consensus and both rate limited like webhooks.
 //! - `GET /jobs` (newest first, `?limit=&before=`), `GET /jobs/{id}` (also
 //!   with `?wait=`), `GET /jobs/{id}/certificate` (the certificate alone, as
 //!   `pbft-node verify` reads it), `GET /healthz`.
 //!
 //! Every error is `{"error": "…"}`: 400 invalid input, 401 bad or missing
-//! signature, 404, 413 over 1 MiB, 415 not JSON (or GitHub's form), 429 over
+//! signature, 404, 409, 413 over 1 MiB, 415 not JSON (or GitHub's form), 429 over
 //! `--rate-limit` per source IP. Nothing refused is ever stored or relayed.
 
 use std::net::{IpAddr, SocketAddr};
@@ -59,6 +62,8 @@ impl From<GatewayError> for ApiError {
     fn from(e: GatewayError) -> ApiError {
         match e {
             GatewayError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            GatewayError::NotFound(n) => ApiError(StatusCode::NOT_FOUND, format!("no job {n}")),
+            GatewayError::Conflict(m) => ApiError(StatusCode::CONFLICT, m),
             e => {
                 tracing::error!("{e}");
                 ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the gateway could not store the job".into())
@@ -78,6 +83,8 @@ pub fn router(gateway: Arc<Gateway>, rate_limit: Option<NonZeroU32>) -> Router {
         .route("/jobs", get(list_jobs))
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/certificate", get(get_certificate))
+        .route("/jobs/{id}/rerun", post(rerun))
+        .route("/jobs/{id}/cancel", post(cancel))
         .route("/healthz", get(healthz))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
         .method_not_allowed_fallback(|| async {
@@ -121,8 +128,8 @@ fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     }
 }
 
-async fn webhook(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
-    let (mut parts, body) = req.into_parts();
+/// Spends one of the source's requests; 429 when it has none left.
+async fn rate_limited(app: &App, parts: &mut axum::http::request::Parts) -> Result<(), ApiError> {
     if let Some(limiter) = &app.limiter {
         // The peer's address; without one (no ConnectInfo), all share a budget.
         let ip = parts.extract::<ConnectInfo<SocketAddr>>().await.map(|c| c.0.ip());
@@ -134,6 +141,12 @@ async fn webhook(State(app): State<Arc<App>>, req: Request) -> Result<Response, 
             return Err(ApiError(StatusCode::TOO_MANY_REQUESTS, "over the rate limit; retry later".into()));
         }
     }
+    Ok(())
+}
+
+async fn webhook(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    rate_limited(&app, &mut parts).await?;
     let wait = wait_param(parts.uri.query())?;
     let encoding = encoding(&parts.headers)?;
     let body = axum::body::to_bytes(body, BODY_BYTES_MAX).await.map_err(|_| {
@@ -174,6 +187,31 @@ async fn job_answer(app: &App, number: u64, wait: Option<Duration>) -> Result<Re
 fn job_number(id: &str) -> Result<u64, ApiError> {
     id.parse()
         .map_err(|_| ApiError(StatusCode::NOT_FOUND, format!("no job {:?}", id.chars().take(40).collect::<String>())))
+}
+
+/// `POST /jobs/{id}/rerun`: a new run of the same commit (`?wait=` as for webhooks).
+async fn rerun(State(app): State<Arc<App>>, Path(id): Path<String>, req: Request) -> Result<Response, ApiError> {
+    let (mut parts, _) = req.into_parts();
+    rate_limited(&app, &mut parts).await?;
+    let number = job_number(&id)?;
+    let wait = wait_param(parts.uri.query())?;
+    let new = app.gateway.rerun(number).await?;
+    if wait.is_some() {
+        return job_answer(&app, new, wait).await;
+    }
+    let answer = json!({ "id": new.to_string(), "status_url": status_url(new), "rerun_of": number.to_string() });
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// `POST /jobs/{id}/cancel`: orders the job's cancellation; 409 once it has
+/// a verdict, or before it is ordered.
+async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>, req: Request) -> Result<Response, ApiError> {
+    let (mut parts, _) = req.into_parts();
+    rate_limited(&app, &mut parts).await?;
+    let number = job_number(&id)?;
+    let request = app.gateway.cancel(number).await?;
+    let answer = json!({ "id": request.to_string(), "status_url": status_url(request), "cancels": number.to_string() });
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 async fn get_job(State(app): State<Arc<App>>, Path(id): Path<String>, req: Request) -> Result<Response, ApiError> {

@@ -67,6 +67,10 @@ pub struct Job {
     pub decision: Option<Decision>,
     /// Why it will never run (the replicas refused it), when that happened.
     pub refused: Option<String>,
+    /// For a cancel request: the job it cancels (repository, ref and commit
+    /// are that job's).
+    #[serde(default)]
+    pub cancel_of: Option<u64>,
 }
 
 /// What `accept` did with one submission.
@@ -197,6 +201,7 @@ impl Jobs {
                     ordered: None,
                     decision: None,
                     refused: None,
+                    cancel_of: None,
                 };
                 jobs.insert(number, wire::encode(&job).as_slice()).at(p)?;
                 pending.insert(number, ()).at(p)?;
@@ -209,6 +214,42 @@ impl Jobs {
         }
         tx.commit().at(p)?;
         Ok(out)
+    }
+
+    /// Numbers and stores, durably, a request to cancel job `target`.
+    /// `sign` makes the signed request from its number.
+    pub fn accept_cancel(
+        &self,
+        target: &Job,
+        accepted_ms: u64,
+        sign: &dyn Fn(u64) -> Vec<u8>,
+    ) -> Result<Job, JobsError> {
+        let p = &self.path;
+        let mut tx = self.db.begin_write().at(p)?;
+        tx.set_durability(Durability::Immediate);
+        let job = {
+            let mut meta = tx.open_table(META).at(p)?;
+            let number = meta.get(KEY_NEXT_NUMBER).at(p)?.map(|v| v.value()).unwrap_or(1);
+            meta.insert(KEY_NEXT_NUMBER, number + 1).at(p)?;
+            let job = Job {
+                number,
+                repo: target.repo.clone(),
+                git_ref: target.git_ref.clone(),
+                commit: target.commit.clone(),
+                delivery: None,
+                request: sign(number),
+                accepted_ms,
+                ordered: None,
+                decision: None,
+                refused: None,
+                cancel_of: Some(target.number),
+            };
+            tx.open_table(JOBS).at(p)?.insert(number, wire::encode(&job).as_slice()).at(p)?;
+            tx.open_table(PENDING).at(p)?.insert(number, ()).at(p)?;
+            job
+        };
+        tx.commit().at(p)?;
+        Ok(job)
     }
 
     pub fn get(&self, number: u64) -> Result<Option<Job>, JobsError> {

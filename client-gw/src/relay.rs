@@ -148,9 +148,20 @@ impl Collector {
         Ok(changed)
     }
 
-    pub fn on_ordered(&mut self, number: u64, job: JobId) -> Result<(), JobsError> {
-        self.jobs.update(number, |j| j.ordered = Some(job))?;
-        Ok(())
+    /// f + 1 replicas said request `number` is ordered as `job`. For a
+    /// cancel request, its target gets the verdict `cancelled` unless it has
+    /// one. Returns whether a verdict changed.
+    pub fn on_ordered(&mut self, number: u64, job: JobId) -> Result<bool, JobsError> {
+        let Some(updated) = self.jobs.update(number, |j| j.ordered = Some(job))? else { return Ok(false) };
+        let Some(target) = updated.cancel_of else { return Ok(false) };
+        if self.jobs.get(target)?.is_none_or(|t| t.decision.is_some()) {
+            return Ok(false);
+        }
+        info!("job {target}: cancelled (cancel request {number} ordered as {job})");
+        let d = Decision { verdict: Verdict::Cancelled, results: Vec::new() };
+        self.jobs.update(target, |t| t.decision = Some(d))?;
+        self.tracked.remove(&target);
+        Ok(true)
     }
 
     /// f + 1 replicas refused the request for good: it will never run.
@@ -229,15 +240,15 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             req = links.requests.recv() => {
-                let Some(req) = req else { break };
-                collector.track(req.msg.number, req.msg.digest(), now_ms());
+                let Some((req, accepted_ms)) = req else { break };
+                collector.track(req.msg.number, req.msg.digest(), accepted_ms);
                 client.submit(req).await;
             }
             event = client.next_event() => {
                 let Some(event) = event else { break };
                 let outcome = match event {
                     ClientEvent::Reply { replica, reply } => collector.on_reply(replica, &reply, now_ms()),
-                    ClientEvent::Ordered { number, job, .. } => collector.on_ordered(number, job).map(|_| false),
+                    ClientEvent::Ordered { number, job, .. } => collector.on_ordered(number, job),
                     ClientEvent::Refused { number, reason, .. } => collector.on_refused(number, reason),
                     ClientEvent::Consensus { .. } => Ok(false),
                 };

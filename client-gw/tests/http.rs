@@ -84,7 +84,7 @@ impl Harness {
 
     /// Takes the request the gateway handed to the relay, if any.
     fn relayed(&mut self) -> Option<Signed<WireRequest>> {
-        self.links.requests.try_recv().ok()
+        self.links.requests.try_recv().ok().map(|(r, _)| r)
     }
 
     /// Replica `i`'s signed result for `req`.
@@ -403,4 +403,50 @@ async fn the_contract_holds_over_a_real_socket() {
     let (status, job) = tokio::task::spawn_blocking(move || exchange(addr, &get)).await.unwrap();
     assert_eq!((status, job["ref"].as_str()), (202, Some("master")));
     server.abort();
+}
+
+#[tokio::test]
+async fn a_rerun_orders_the_same_commit_again_as_a_new_job() {
+    let mut h = harness(None);
+    let body = r#"{"branch": "master", "commit": "0123456789abcdef0123456789abcdef01234567"}"#;
+    h.send(poc(body)).await;
+    let first = h.relayed().unwrap();
+    let (status, answer) = h.send(post("/jobs/1/rerun", "", &[], vec![])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(answer, serde_json::json!({"id": "2", "status_url": "/jobs/2", "rerun_of": "1"}));
+    let again = h.relayed().unwrap();
+    assert_eq!((again.msg.number, &again.msg.op), (2, &first.msg.op));
+    assert_eq!(h.send(post("/jobs/9/rerun", "", &[], vec![])).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_cancel_ordered_before_the_verdict_makes_it_cancelled() {
+    let mut h = harness(None);
+    let mut collector = Collector::new(h.jobs.clone(), h.membership.clone(), Duration::from_secs(600)).unwrap();
+    h.send(poc(r#"{"branch": "master"}"#)).await;
+    let req = h.relayed().unwrap();
+    collector.track(1, req.msg.digest(), pbft_gw::gateway::now_ms());
+    // Not ordered yet: nothing to name in a cancel.
+    let (status, body) = h.send(post("/jobs/1/cancel", "", &[], vec![])).await;
+    assert_eq!((status, body["error"].is_string()), (StatusCode::CONFLICT, true));
+    assert!(h.relayed().is_none());
+    let job = JobId { seq: 4, index: 2 };
+    collector.on_ordered(1, job).unwrap();
+    let (status, answer) = h.send(post("/jobs/1/cancel", "", &[], vec![])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(answer, serde_json::json!({"id": "2", "status_url": "/jobs/2", "cancels": "1"}));
+    let cancel = h.relayed().unwrap();
+    assert_eq!((cancel.msg.number, cancel.msg.op.clone()), (2, Operation::Cancel { job }));
+    assert!(collector.on_ordered(2, JobId { seq: 5, index: 0 }).unwrap(), "the target's verdict changed");
+    let (status, target) = h.get("/jobs/1").await;
+    assert_eq!((status, target["verdict"].as_str()), (StatusCode::OK, Some("cancelled")));
+    assert!(target["certificate"].is_null());
+    assert_eq!(h.get("/jobs/2").await.1["cancel_of"], "1");
+    // Results arriving afterwards change nothing.
+    let passed = NoneExecutor::result(&req.msg);
+    for i in 0..4 {
+        collector.on_reply(i, &h.result(i, &req.msg, &passed), pbft_gw::gateway::now_ms()).unwrap();
+    }
+    assert_eq!(h.get("/jobs/1").await.1["verdict"], "cancelled");
+    assert_eq!(h.send(post("/jobs/1/cancel", "", &[], vec![])).await.0, StatusCode::CONFLICT);
 }
