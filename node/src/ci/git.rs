@@ -108,7 +108,9 @@ fn quote(s: &str) -> String {
 }
 
 /// Checks a ref name by git's rules (`git check-ref-format`, as for a
-/// branch) and ours: not empty, no leading `-`, at most
+/// branch) and ours: not empty, no leading `-`, no whitespace or control
+/// character of any kind (git takes non-ASCII ones such as U+0085 or U+2028,
+/// which break or hide lines where a ref is quoted), at most
 /// [`REF_BYTES_MAX`] bytes, and a full `refs/…` name has a namespace and a
 /// name.
 pub fn check_ref(r: &str) -> Result<(), String> {
@@ -125,7 +127,7 @@ pub fn check_ref(r: &str) -> Result<(), String> {
     if r == "@" {
         return bad("is '@'");
     }
-    if let Some(c) = r.chars().find(|c| c.is_ascii_control() || " ~^:?*[\\".contains(*c)) {
+    if let Some(c) = r.chars().find(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(*c)) {
         return bad(&format!("contains {c:?}"));
     }
     if r.contains("..") {
@@ -780,6 +782,18 @@ mod tests {
             assert!(check_ref(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(check_ref(&"a".repeat(REF_BYTES_MAX)).is_ok());
+    }
+
+    /// Found by the `refs` fuzz target (fuzz/regressions/refs/): git takes
+    /// these, we must not.
+    #[test]
+    fn refs_with_unicode_whitespace_or_control_characters_are_refused() {
+        for bad in
+            ["refs\u{85}/he", "r\u{a0}efs/he", "git\u{2028}{}v", "s\u{3000}ar", "a\u{9f}b", "a\u{2029}", "\u{1680}x"]
+        {
+            assert!(check_ref(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(check_ref("fünf-ü/émoji-✓"), Ok(()), "other non-ASCII characters stay allowed");
     }
 
     /// Our rules against the real `git check-ref-format --branch`, on names
