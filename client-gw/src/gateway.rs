@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use libp2p_identity::Keypair;
 use pbft_node::ci::git::{resolve_remote, GitConfig};
 use pbft_node::membership::Membership;
-use pbft_node::wire::{Certificate, Digest, Operation, Outcome, Reply, ReplyBody, Request, Signed};
+use pbft_node::wire::{Certificate, Digest, NetworkId, Operation, Outcome, Reply, ReplyBody, Request, Signed};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::jobs::{Accepted, Job, Jobs, JobsError};
 use crate::verdict::Verdict;
@@ -36,6 +36,8 @@ pub enum GatewayError {
     Store(#[from] JobsError),
     #[error("the store's worker stopped")]
     Stopped,
+    #[error("storing the job: {0}")]
+    Storage(String),
     #[error("no job {0}")]
     NotFound(u64),
     /// The request does not fit the job's state (409).
@@ -61,9 +63,59 @@ pub struct Gateway {
     pub intake: IntakeConfig,
     /// How to reach repositories to pin refs (`git ls-remote`); `None`: never pin.
     pin: Option<GitConfig>,
+    to_writer: mpsc::Sender<(Submission, oneshot::Sender<Result<Accepted, String>>)>,
     to_relay: mpsc::Sender<(Signed<Request>, u64)>,
     changed: watch::Receiver<u64>,
     connected: Arc<AtomicUsize>,
+}
+
+/// Submissions one transaction stores at most.
+const WRITE_BATCH_MAX: usize = 256;
+
+/// The thread that makes submissions durable. It takes every submission
+/// waiting and stores them in one transaction, so concurrent webhooks share
+/// one fsync instead of queueing for one each.
+fn start_writer(
+    jobs: Arc<Jobs>,
+    network: NetworkId,
+    key: Keypair,
+) -> mpsc::Sender<(Submission, oneshot::Sender<Result<Accepted, String>>)> {
+    let (tx, mut rx) = mpsc::channel::<(Submission, oneshot::Sender<Result<Accepted, String>>)>(RELAY_QUEUE_MAX);
+    let signer = key.public().to_peer_id();
+    let sign = move |number: u64, s: &Submission| {
+        let op = Operation::Run { repo: s.repo.clone(), git_ref: s.git_ref.clone(), commit: s.commit.clone() };
+        let req = Request { gateway: signer, number, delivery: s.delivery.clone(), op };
+        Signed::seal(req, &network, &key).bytes().to_vec()
+    };
+    std::thread::Builder::new()
+        .name("gw-intake".into())
+        .spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut batch = vec![first];
+                while batch.len() < WRITE_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let subs: Vec<Submission> = batch.iter().map(|(s, _)| s.clone()).collect();
+                match jobs.accept(&subs, now_ms(), &sign) {
+                    Ok(accepted) => {
+                        for ((_, reply), a) in batch.into_iter().zip(accepted) {
+                            let _ = reply.send(Ok(a));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("storing {} submission(s): {e}", batch.len());
+                        for (_, reply) in batch {
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        })
+        .expect("a thread starts");
+    tx
 }
 
 /// Unix time in milliseconds.
@@ -82,7 +134,9 @@ impl Gateway {
         let (to_relay, requests) = mpsc::channel(RELAY_QUEUE_MAX);
         let (changed_tx, changed) = watch::channel(0);
         let connected = Arc::new(AtomicUsize::new(0));
-        let gateway = Gateway { jobs, membership, key, intake, pin, to_relay, changed, connected: connected.clone() };
+        let to_writer = start_writer(jobs.clone(), membership.network_id(), key.clone());
+        let gateway =
+            Gateway { jobs, membership, key, intake, pin, to_writer, to_relay, changed, connected: connected.clone() };
         (Arc::new(gateway), RelayLinks { requests, changed: changed_tx, connected })
     }
 
@@ -110,22 +164,11 @@ impl Gateway {
             }
         }
         let sub = self.pinned(sub).await;
-        let jobs = self.jobs.clone();
-        let key = self.key.clone();
-        let network = self.membership.network_id();
-        let signer = key.public().to_peer_id();
-        let accepted = tokio::task::spawn_blocking(move || {
-            let sign = |number: u64, s: &Submission| {
-                let op = Operation::Run { repo: s.repo.clone(), git_ref: s.git_ref.clone(), commit: s.commit.clone() };
-                let req = Request { gateway: signer, number, delivery: s.delivery.clone(), op };
-                Signed::seal(req, &network, &key).bytes().to_vec()
-            };
-            jobs.accept(std::slice::from_ref(&sub), now_ms(), &sign)
-        })
-        .await
-        .map_err(|_| GatewayError::Stopped)??;
-        match accepted.into_iter().next() {
-            Some(Accepted::New(job)) => {
+        let (reply, accepted) = oneshot::channel();
+        self.to_writer.send((sub, reply)).await.map_err(|_| GatewayError::Stopped)?;
+        let accepted = accepted.await.map_err(|_| GatewayError::Stopped)?.map_err(GatewayError::Storage)?;
+        match accepted {
+            Accepted::New(job) => {
                 tracing::info!(
                     "accepted job {}: {} {} at {}{}",
                     job.number,
@@ -137,8 +180,7 @@ impl Gateway {
                 self.relay(&job).await;
                 Ok((job.number, true))
             }
-            Some(Accepted::Existing(n)) => Ok((n, false)),
-            None => Err(GatewayError::Stopped),
+            Accepted::Existing(n) => Ok((n, false)),
         }
     }
 

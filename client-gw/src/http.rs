@@ -35,6 +35,8 @@ use crate::webhook::{self, Encoding, Intake};
 
 /// Largest webhook body accepted.
 pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Longest a client may take to send its body (a slow sender holds a task).
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest `?wait=` honoured.
 pub const WAIT_MAX: Duration = Duration::from_secs(3600);
 /// Jobs one page of `GET /jobs` lists by default, and at most.
@@ -149,9 +151,16 @@ async fn webhook(State(app): State<Arc<App>>, req: Request) -> Result<Response, 
     rate_limited(&app, &mut parts).await?;
     let wait = wait_param(parts.uri.query())?;
     let encoding = encoding(&parts.headers)?;
-    let body = axum::body::to_bytes(body, BODY_BYTES_MAX).await.map_err(|_| {
-        ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {BODY_BYTES_MAX} bytes (or was cut short)"))
-    })?;
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_BYTES_MAX)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {BODY_BYTES_MAX} bytes (or was cut short)"),
+            ))
+        }
+        Err(_) => return Err(ApiError(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time".into())),
+    };
     let intake = webhook::intake(&app.gateway.intake, &parts.headers, &body, encoding).map_err(|e| {
         if e.status() == StatusCode::UNAUTHORIZED {
             tracing::warn!("refused a webhook: {e}");

@@ -450,3 +450,39 @@ async fn a_cancel_ordered_before_the_verdict_makes_it_cancelled() {
     assert_eq!(h.get("/jobs/1").await.1["verdict"], "cancelled");
     assert_eq!(h.send(post("/jobs/1/cancel", "", &[], vec![])).await.0, StatusCode::CONFLICT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deliveries_get_distinct_numbers_and_concurrent_redeliveries_one_job() {
+    let mut h = harness(None);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let router = h.router.clone().layer(from([192, 0, 2, 1]));
+        tasks.push(tokio::spawn(router.oneshot(poc(&format!(r#"{{"branch": "b{i}"}}"#)))));
+    }
+    let same = "5f0a7c1e-0d2b-4c7e-9a51-2f6b8d3e1c40";
+    for _ in 0..20 {
+        let router = h.router.clone().layer(from([192, 0, 2, 1]));
+        tasks.push(tokio::spawn(router.oneshot(github(GITHUB_PUSH, same, SECRET))));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        let resp = t.await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let body: Value =
+            serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()).unwrap();
+        ids.push(body["id"].as_str().unwrap().parse::<u64>().unwrap());
+    }
+    eprintln!("220 concurrent deliveries stored in {:?}", started.elapsed());
+    let redelivered: std::collections::BTreeSet<u64> = ids[200..].iter().copied().collect();
+    assert_eq!(redelivered.len(), 1, "one job for one delivery id: {redelivered:?}");
+    let mut all: Vec<u64> = ids[..200].to_vec();
+    all.extend(&redelivered);
+    all.sort_unstable();
+    assert_eq!(all, (1..=201).collect::<Vec<u64>>(), "distinct numbers, none skipped");
+    let mut relayed = 0;
+    while h.relayed().is_some() {
+        relayed += 1;
+    }
+    assert_eq!(relayed, 201);
+}
