@@ -193,7 +193,9 @@ fn delivery_id(provider: Provider, headers: &HeaderMap) -> Result<Option<String>
     let names: &[&str] = match provider {
         Provider::GitHub => &["x-github-delivery"],
         Provider::Gitea => &["x-forgejo-delivery", "x-gitea-delivery", "x-github-delivery"],
-        Provider::GitLab => &["x-gitlab-event-uuid"],
+        // GitLab keeps `Idempotency-Key` across retries of one delivery
+        // (newer versions); older ones send only the event's UUID.
+        Provider::GitLab => &["idempotency-key", "x-gitlab-event-uuid"],
     };
     let Some(id) = first_header(headers, names)? else { return Ok(None) };
     let id = id.trim();

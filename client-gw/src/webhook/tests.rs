@@ -299,6 +299,8 @@ fn gitlab_cases() -> Vec<Case> {
     let skip = edit(GITLAB_PUSH, "/commits/1/message", "fixed readme [ci skip]".into());
     let skip_older = edit(GITLAB_PUSH, "/commits/0/message", "older [ci skip]".into());
     let old_format = edit(GITLAB_PUSH, "/project", Value::Null);
+    let mut retried = gitlab("Push Hook", SECRET);
+    retried.insert("idempotency-key", HeaderValue::from_static("908a6d9e-45fd-46c8-97e6-c4f350f219dd"));
     let mut no_token = gitlab("Push Hook", SECRET);
     no_token.remove("x-gitlab-token");
     vec![
@@ -315,6 +317,18 @@ fn gitlab_cases() -> Vec<Case> {
             gitlab("Push Hook", SECRET),
             &old_format,
             Want::Run(run(GITLAB_REPO, "refs/heads/master", Some(commit), delivered)),
+        ),
+        case(
+            "gitlab push, Idempotency-Key is the delivery",
+            cfg(),
+            retried,
+            &push,
+            Want::Run(run(
+                GITLAB_REPO,
+                "refs/heads/master",
+                Some(commit),
+                Some("908a6d9e-45fd-46c8-97e6-c4f350f219dd"),
+            )),
         ),
         case("gitlab push, wrong token", cfg(), gitlab("Push Hook", "hunter2"), &push, Want::Status(401)),
         case("gitlab push, no token", cfg(), no_token, &push, Want::Status(401)),
