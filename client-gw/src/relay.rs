@@ -286,3 +286,167 @@ pub async fn run(
     }
     client.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use libp2p_identity::Keypair;
+    use pbft_node::driver::NoneExecutor;
+    use pbft_node::membership::Member;
+    use pbft_node::wire::{JobResult, Operation};
+
+    use super::*;
+
+    struct Net {
+        dir: tempfile::TempDir,
+        replicas: Vec<Keypair>,
+        gateway: Keypair,
+        membership: Arc<Membership>,
+    }
+
+    fn net() -> Net {
+        let replicas: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
+        let gateway = Keypair::generate_ed25519();
+        let member = |k: &Keypair| Member { peer_id: k.public().to_peer_id(), addr: None };
+        let membership = Membership::new(
+            "relay-test".into(),
+            replicas.iter().map(member).collect(),
+            vec![member(&gateway)],
+            vec!["file:///".into()],
+        )
+        .unwrap();
+        Net { dir: tempfile::tempdir().unwrap(), replicas, gateway, membership: Arc::new(membership) }
+    }
+
+    impl Net {
+        fn jobs(&self) -> Arc<Jobs> {
+            Arc::new(Jobs::open(self.dir.path()).unwrap())
+        }
+
+        /// Accepts one pinned run; its signed request.
+        fn accept(&self, jobs: &Jobs, accepted_ms: u64) -> Signed<Request> {
+            let sub = crate::webhook::Submission {
+                repo: "file:///r".into(),
+                git_ref: "master".into(),
+                commit: Some("ab".repeat(20)),
+                delivery: None,
+            };
+            let network = self.membership.network_id();
+            let sign = |number: u64, s: &crate::webhook::Submission| {
+                let op = Operation::Run { repo: s.repo.clone(), git_ref: s.git_ref.clone(), commit: s.commit.clone() };
+                let req = Request { gateway: self.gateway.public().to_peer_id(), number, delivery: None, op };
+                Signed::seal(req, &network, &self.gateway).bytes().to_vec()
+            };
+            let accepted = jobs.accept(std::slice::from_ref(&sub), accepted_ms, &sign).unwrap();
+            let crate::jobs::Accepted::New(job) = &accepted[0] else { panic!("new") };
+            Signed::open(&job.request, &network, self.membership.as_ref()).unwrap()
+        }
+
+        fn reply(&self, i: usize, req: &Request, body: ReplyBody) -> Signed<Reply> {
+            let reply = Reply { view: 0, gateway: req.gateway, number: req.number, request: req.digest(), body };
+            Signed::seal(reply, &self.membership.network_id(), &self.replicas[i])
+        }
+
+        fn result(&self, i: usize, req: &Request, result: &JobResult) -> Signed<Reply> {
+            self.reply(i, req, ReplyBody::Result { job: JobId { seq: 1, index: 0 }, result: result.clone() })
+        }
+    }
+
+    const DEADLINE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn replies_stored_before_a_restart_count_after_it() {
+        let net = net();
+        let req = {
+            let jobs = net.jobs();
+            let req = net.accept(&jobs, 0);
+            let mut c = Collector::new(jobs.clone(), net.membership.clone(), DEADLINE).unwrap();
+            let passed = NoneExecutor::result(&req.msg);
+            assert!(!c.on_reply(2, &net.result(2, &req.msg, &passed), 1).unwrap());
+            assert!(!c.on_reply(0, &net.result(0, &req.msg, &passed), 1).unwrap());
+            req
+        };
+        let jobs = net.jobs();
+        let mut c = Collector::new(jobs.clone(), net.membership.clone(), DEADLINE).unwrap();
+        assert_eq!(c.pending_requests(), vec![req.msg.digest()], "resumed");
+        assert_eq!(c.pending().unwrap()[0].request, req.bytes(), "its signed request, to submit again");
+        let passed = NoneExecutor::result(&req.msg);
+        assert!(c.on_reply(1, &net.result(1, &req.msg, &passed), 2).unwrap(), "third of four: decided");
+        let decision = jobs.get(1).unwrap().unwrap().decision.unwrap();
+        assert_eq!((decision.verdict, decision.results), (Verdict::Passed, vec![passed.digest()]));
+        assert!(c.pending_requests().is_empty());
+        assert!(jobs.pending().unwrap().is_empty());
+    }
+
+    #[test]
+    fn replies_for_another_request_or_not_final_are_ignored() {
+        let net = net();
+        let jobs = net.jobs();
+        let req = net.accept(&jobs, 0);
+        let mut c = Collector::new(jobs.clone(), net.membership.clone(), DEADLINE).unwrap();
+        let mut other = req.msg.clone();
+        other.delivery = Some("else".into());
+        let passed = NoneExecutor::result(&req.msg);
+        for i in 0..4 {
+            c.on_reply(i, &net.result(i, &other, &passed), 1).unwrap();
+            c.on_reply(i, &net.reply(i, &req.msg, ReplyBody::Accepted { job: JobId { seq: 1, index: 0 } }), 1).unwrap();
+        }
+        assert!(jobs.replies(1).unwrap().is_empty());
+        assert_eq!(jobs.get(1).unwrap().unwrap().decision, None);
+    }
+
+    #[test]
+    fn abstentions_show_and_the_deadline_decides() {
+        let net = net();
+        let jobs = net.jobs();
+        let req = net.accept(&jobs, 1_000);
+        let mut c = Collector::new(jobs.clone(), net.membership.clone(), DEADLINE).unwrap();
+        let passed = NoneExecutor::result(&req.msg);
+        let abstain = ReplyBody::Abstain { job: JobId { seq: 1, index: 0 }, reason: "no engine".into() };
+        c.on_reply(3, &net.reply(3, &req.msg, abstain), 2_000).unwrap();
+        c.on_reply(0, &net.result(0, &req.msg, &passed), 2_000).unwrap();
+        c.on_reply(1, &net.result(1, &req.msg, &passed), 2_000).unwrap();
+        // Two of four passed, one abstained, one outstanding: another result
+        // cannot reach two, so it is decided without waiting.
+        assert_eq!(jobs.get(1).unwrap().unwrap().decision.unwrap().verdict, Verdict::Passed);
+
+        let req = net.accept(&jobs, 1_000);
+        c.track(req.msg.number, req.msg.digest(), 1_000);
+        c.on_reply(0, &net.result(0, &req.msg, &passed), 2_000).unwrap();
+        assert!(!c.on_tick(1_000 + DEADLINE.as_millis() as u64 - 1).unwrap());
+        assert!(c.on_tick(1_000 + DEADLINE.as_millis() as u64).unwrap());
+        assert_eq!(jobs.get(2).unwrap().unwrap().decision.unwrap().verdict, Verdict::Undecided);
+    }
+
+    #[test]
+    fn a_late_contradicting_result_turns_a_deadline_verdict_disputed() {
+        let net = net();
+        let jobs = net.jobs();
+        let req = net.accept(&jobs, 0);
+        let mut c = Collector::new(jobs.clone(), net.membership.clone(), DEADLINE).unwrap();
+        let passed = NoneExecutor::result(&req.msg);
+        let outcome = pbft_node::wire::Outcome::Failed { step: "test".into(), exit_code: 1 };
+        let failed = JobResult { outcome, ..passed.clone() };
+        c.on_reply(0, &net.result(0, &req.msg, &passed), 1).unwrap();
+        c.on_reply(1, &net.result(1, &req.msg, &passed), 1).unwrap();
+        c.on_reply(2, &net.result(2, &req.msg, &failed), 1).unwrap();
+        assert!(c.on_tick(DEADLINE.as_millis() as u64).unwrap());
+        assert_eq!(jobs.get(1).unwrap().unwrap().decision.unwrap().verdict, Verdict::Passed);
+        // After a restart, even.
+        let mut c = Collector::new(jobs.clone(), net.membership.clone(), DEADLINE).unwrap();
+        assert!(c.on_reply(3, &net.result(3, &req.msg, &failed), 1).unwrap());
+        let d = jobs.get(1).unwrap().unwrap().decision.unwrap();
+        assert_eq!((d.verdict, d.results), (Verdict::Disputed, vec![passed.digest(), failed.digest()]));
+    }
+
+    #[test]
+    fn a_refused_request_is_undecided_with_the_reason() {
+        let net = net();
+        let jobs = net.jobs();
+        net.accept(&jobs, 0);
+        let mut c = Collector::new(jobs.clone(), net.membership.clone(), DEADLINE).unwrap();
+        assert!(c.on_refused(1, Rejection::Stale).unwrap());
+        let job = jobs.get(1).unwrap().unwrap();
+        assert_eq!((job.decision.unwrap().verdict, job.refused.as_deref()), (Verdict::Undecided, Some("Stale")));
+        assert!(!c.on_refused(1, Rejection::Stale).unwrap());
+    }
+}
