@@ -27,6 +27,8 @@ use crate::verdict::{decide, Decision, Verdict, Vote};
 
 /// Jobs whose replies one sweep asks the replicas for.
 const FETCH_BATCH_MAX: usize = 256;
+/// Wait before submitting again a request refused as too far ahead.
+const RESUBMIT_AFTER: Duration = Duration::from_secs(5);
 
 /// A job without a verdict, as the collector follows it.
 struct Tracked {
@@ -164,7 +166,9 @@ impl Collector {
         Ok(true)
     }
 
-    /// f + 1 replicas refused the request for good: it will never run.
+    /// f + 1 replicas refused the request for good (a number below their
+    /// window: stale): it will never run. (`TooFarAhead` is not for good:
+    /// the relay submits such a request again later.)
     pub fn on_refused(&mut self, number: u64, reason: Rejection) -> Result<bool, JobsError> {
         if self.tracked.remove(&number).is_none() {
             return Ok(false);
@@ -234,6 +238,7 @@ pub async fn run(
     let mut last_fetch = tokio::time::Instant::now();
     let mut was_reachable = false;
     let mut fetch_from = 0usize;
+    let mut later: std::collections::VecDeque<(tokio::time::Instant, u64)> = Default::default();
     tokio::pin!(shutdown);
     let bump = |links: &RelayLinks| links.changed.send_modify(|v| *v += 1);
     loop {
@@ -249,6 +254,13 @@ pub async fn run(
                 let outcome = match event {
                     ClientEvent::Reply { replica, reply } => collector.on_reply(replica, &reply, now_ms()),
                     ClientEvent::Ordered { number, job, .. } => collector.on_ordered(number, job),
+                    ClientEvent::Refused { number, reason: Rejection::TooFarAhead, .. } => {
+                        // Numbers this far ahead fit once the ones before are
+                        // ordered (many jobs accepted while the network was away).
+                        debug!("request {number} is too far ahead of the replicas' window; submitting it again later");
+                        later.push_back((tokio::time::Instant::now() + RESUBMIT_AFTER, number));
+                        Ok(false)
+                    }
                     ClientEvent::Refused { number, reason, .. } => collector.on_refused(number, reason),
                     ClientEvent::Consensus { .. } => Ok(false),
                 };
@@ -261,6 +273,17 @@ pub async fn run(
             _ = tick.tick() => {
                 let connected = client.connected_replicas().await;
                 links.connected.store(connected, Ordering::Relaxed);
+                while later.front().is_some_and(|(at, _)| *at <= tokio::time::Instant::now()) {
+                    let (_, number) = later.pop_front().expect("just looked");
+                    if !collector.tracked.contains_key(&number) {
+                        continue;
+                    }
+                    if let Ok(Some(job)) = collector.jobs.get(number) {
+                        if let Ok(req) = Signed::<Request>::open(&job.request, &network, membership.as_ref()) {
+                            client.submit(req).await;
+                        }
+                    }
+                }
                 match collector.on_tick(now_ms()) {
                     Ok(true) => bump(&links),
                     Ok(false) => {}
