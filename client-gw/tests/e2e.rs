@@ -282,8 +282,8 @@ fn tampered(cert: &Value) -> Value {
 
 #[test]
 fn a_webhook_gets_a_verdict_whose_certificate_pbft_node_verify_accepts_and_a_redelivery_runs_once() {
-    let started = Instant::now();
     let net = Testnet::start();
+    let started = Instant::now();
 
     // The proof of concept's call, waiting for the verdict: the gateway pins
     // the branch to its commit, and `none` passes a pinned commit.
@@ -329,13 +329,13 @@ fn a_webhook_gets_a_verdict_whose_certificate_pbft_node_verify_accepts_and_a_red
     assert_eq!(deliveries, 1, "{list}");
     // Replicas ran it once: one ordered job id, and one result per replica at most.
     assert!(second["job"].is_string());
-    eprintln!("e2e: verdict, certificate and redelivery in {:?}", started.elapsed());
+    eprintln!("e2e: verdict, certificate and redelivery in {:?} once the testnet was up", started.elapsed());
 }
 
 #[test]
 fn a_gateway_killed_right_after_its_202_delivers_the_verdict_once_restarted() {
-    let started = Instant::now();
     let mut net = Testnet::start();
+    let started = Instant::now();
     let body = format!(r#"{{"branch": "release", "commit": "{COMMIT}"}}"#);
     let (status, accepted) = net.post_json("/webHook", &body);
     assert_eq!(status, 202, "{accepted}");
@@ -354,5 +354,5 @@ fn a_gateway_killed_right_after_its_202_delivers_the_verdict_once_restarted() {
     assert!(
         next["id"].as_str().unwrap().parse::<u64>().unwrap() > accepted["id"].as_str().unwrap().parse::<u64>().unwrap()
     );
-    eprintln!("e2e: kill -9 and restart of the gateway in {:?}", started.elapsed());
+    eprintln!("e2e: kill -9 and restart of the gateway in {:?} once the testnet was up", started.elapsed());
 }
