@@ -155,7 +155,8 @@ start_gateway() {
   port_free "$gw_port" || die "port $gw_port (the gateway) is taken by another program"
   RUST_LOG=${RUST_LOG:-info} nohup "$gateway" --key "$keys/gateway.key" --members "$members" \
     --listen "127.0.0.1:$gw_port" --repo "file://$repo" --webhook-secret-file "$secret" \
-    --bootstrap "/ip4/127.0.0.1/tcp/$port0" --no-mdns --data-dir "$tn/data/gateway" --log-dir "$root/log" \
+    --bootstrap "/ip4/127.0.0.1/tcp/$port0" --no-mdns --allow-file-urls --data-dir "$tn/data/gateway" \
+    --log-dir "$root/log" \
     >/dev/null 2>>"$root/log/gateway.stderr" &
   echo $! >"$pidfile"
 }
