@@ -18,12 +18,13 @@ pub const CLIENT_WINDOW: u64 = 4096;
 pub const DELIVERIES_MAX: usize = 65_536;
 
 /// One gateway's de-duplication window: numbers ≤ `floor` are stale; above it,
-/// `done` names the ones already ordered.
+/// `done` names the ones already ordered, with the digest of the request
+/// each number was ordered for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientWindow {
     pub floor: u64,
-    pub done: BTreeMap<u64, JobId>,
+    pub done: BTreeMap<u64, (JobId, Digest)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,13 +43,19 @@ pub struct ReplicatedState {
 }
 
 impl ReplicatedState {
-    /// What ordering `req` would answer now, without changing anything.
-    pub fn classify(&self, req: &Request) -> Option<ReplyBody> {
+    /// What ordering `req` (whose digest is `digest`) would answer now,
+    /// without changing anything.
+    pub fn classify(&self, req: &Request, digest: &Digest) -> Option<ReplyBody> {
         if let Some(job) = req.delivery.as_ref().and_then(|d| self.deliveries.get(d)) {
             return Some(ReplyBody::Duplicate { job: *job });
         }
         let w = self.clients.get(&req.gateway)?;
-        if let Some(job) = w.done.get(&req.number) {
+        if let Some((job, ordered)) = w.done.get(&req.number) {
+            // The same number for another request: a gateway that lost its
+            // counter. Attaching it to the old job would hide that.
+            if ordered != digest {
+                return Some(ReplyBody::Rejected { reason: Rejection::Conflict });
+            }
             return Some(ReplyBody::Duplicate { job: *job });
         }
         if req.number <= w.floor {
@@ -63,11 +70,11 @@ impl ReplicatedState {
     /// Orders `req` as job `job` unless it is a duplicate or out of window;
     /// returns the reply every correct replica gives.
     pub fn apply(&mut self, job: JobId, req: &Request, digest: &Digest) -> ReplyBody {
-        if let Some(r) = self.classify(req) {
+        if let Some(r) = self.classify(req, digest) {
             return r;
         }
         let w = self.clients.entry(req.gateway).or_default();
-        w.done.insert(req.number, job);
+        w.done.insert(req.number, (job, *digest));
         // Slide the window: keep the last CLIENT_WINDOW numbers below the highest.
         let top = *w.done.keys().next_back().expect("just inserted");
         let floor = top.saturating_sub(CLIENT_WINDOW);
@@ -150,15 +157,29 @@ mod tests {
     }
 
     #[test]
+    fn a_number_reused_for_another_request_is_a_conflict_and_changes_nothing() {
+        let gw = PeerId::random();
+        let mut s = ReplicatedState::default();
+        let first = req(gw, 1, None);
+        s.apply(JobId { seq: 1, index: 0 }, &first, &first.digest());
+        let mut other = req(gw, 1, None);
+        other.op = Operation::Run { repo: "r".into(), git_ref: "feature".into(), commit: None };
+        let before = s.digest();
+        let body = s.apply(JobId { seq: 2, index: 0 }, &other, &other.digest());
+        assert_eq!(body, ReplyBody::Rejected { reason: Rejection::Conflict });
+        assert_eq!(s.digest(), before);
+    }
+
+    #[test]
     fn numbers_below_the_window_are_stale_and_far_ahead_refused() {
         let gw = PeerId::random();
         let mut s = ReplicatedState::default();
         let top = req(gw, CLIENT_WINDOW + 10, None);
         s.apply(JobId { seq: 1, index: 0 }, &top, &top.digest());
         let old = req(gw, 5, None);
-        assert_eq!(s.classify(&old), Some(ReplyBody::Rejected { reason: Rejection::Stale }));
+        assert_eq!(s.classify(&old, &old.digest()), Some(ReplyBody::Rejected { reason: Rejection::Stale }));
         let far = req(gw, 10 * CLIENT_WINDOW, None);
-        assert_eq!(s.classify(&far), Some(ReplyBody::Rejected { reason: Rejection::TooFarAhead }));
+        assert_eq!(s.classify(&far, &far.digest()), Some(ReplyBody::Rejected { reason: Rejection::TooFarAhead }));
         let state_before = s.digest();
         assert!(matches!(s.apply(JobId { seq: 2, index: 0 }, &old, &old.digest()), ReplyBody::Rejected { .. }));
         assert_eq!(s.digest(), state_before, "a rejected request changes nothing");

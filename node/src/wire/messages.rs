@@ -98,6 +98,9 @@ pub enum Rejection {
     TooFarAhead,
     /// The replica holds too many pending requests; retry later.
     Busy,
+    /// The request number was already ordered for another request (a
+    /// gateway that lost its counter): this request is not run.
+    Conflict,
 }
 
 /// The deterministic outcome of a job.

@@ -94,6 +94,7 @@ pub fn reply_bodies() -> Vec<ReplyBody> {
         ReplyBody::Rejected { reason: Rejection::Stale },
         ReplyBody::Rejected { reason: Rejection::TooFarAhead },
         ReplyBody::Rejected { reason: Rejection::Busy },
+        ReplyBody::Rejected { reason: Rejection::Conflict },
         ReplyBody::Result { job, result: passed() },
         ReplyBody::Result { job, result: failed() },
         ReplyBody::Result { job, result: JobResult { outcome: Outcome::Timeout { step: "test".into() }, ..passed() } },

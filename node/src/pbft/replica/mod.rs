@@ -199,7 +199,7 @@ impl Replica {
             .requests
             .iter()
             .filter(|(d, _)| !r.assigned.contains_key(d) && !r.executed_requests.values().any(|v| v.contains(d)))
-            .map(|(d, req)| (*d, r.state.classify(&req.msg).is_none()))
+            .map(|(d, req)| (*d, r.state.classify(&req.msg, d).is_none()))
             .collect();
         loose.sort();
         for (d, fresh) in loose {
@@ -364,7 +364,7 @@ impl Replica {
         // be at execution (perhaps a duplicate): keep it.
         let wanted = self.assigned.contains_key(&digest) || self.fetches.contains_key(&digest);
         if !wanted && !self.restoring {
-            if let Some(answer) = self.state.classify(&req.msg) {
+            if let Some(answer) = self.state.classify(&req.msg, &digest) {
                 // Ordered before (or out of window): answer at once, order nothing.
                 self.reply(&req.msg, digest, answer);
                 return;
@@ -804,7 +804,7 @@ impl Replica {
         let done: Vec<Digest> = self
             .queued
             .iter()
-            .filter(|d| self.requests.get(d).is_some_and(|r| state.classify(&r.msg).is_some()))
+            .filter(|d| self.requests.get(d).is_some_and(|r| state.classify(&r.msg, d).is_some()))
             .copied()
             .collect();
         for d in done {
