@@ -1,0 +1,5 @@
+#![no_main]
+//! See `pbft_ci_fuzz::refs` for what this target checks.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(init: pbft_ci_fuzz::init(), |data: &[u8]| pbft_ci_fuzz::refs::check(data));
