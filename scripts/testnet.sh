@@ -33,7 +33,8 @@ gw=http://127.0.0.1:$gw_port
 image=pbft-ci/busybox:latest
 profile=${CARGO_PROFILE:-dev}
 target=${CARGO_TARGET_DIR:-$root/target}
-case $profile in dev) bindir=$target/debug ;; *) bindir=$target/$profile ;; esac
+# dev and test both build into target/debug (CI uses test: the tests built those binaries already).
+case $profile in dev | test) bindir=$target/debug ;; *) bindir=$target/$profile ;; esac
 node=$bindir/pbft-node
 gateway=$bindir/pbft-gw
 
