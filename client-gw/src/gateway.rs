@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::jobs::{Accepted, Job, Jobs, JobsError};
+use crate::metrics::Metrics;
 use crate::verdict::Verdict;
 use crate::webhook::{IntakeConfig, Submission};
 
@@ -54,6 +55,8 @@ pub struct RelayLinks {
     pub changed: watch::Sender<u64>,
     /// Replicas the relay's client is connected to.
     pub connected: Arc<AtomicUsize>,
+    /// What the relay counts (replies, verdicts).
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Gateway {
@@ -67,6 +70,7 @@ pub struct Gateway {
     to_relay: mpsc::Sender<(Signed<Request>, u64)>,
     changed: watch::Receiver<u64>,
     connected: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 /// Submissions one transaction stores at most.
@@ -135,9 +139,20 @@ impl Gateway {
         let (changed_tx, changed) = watch::channel(0);
         let connected = Arc::new(AtomicUsize::new(0));
         let to_writer = start_writer(jobs.clone(), membership.network_id(), key.clone());
-        let gateway =
-            Gateway { jobs, membership, key, intake, pin, to_writer, to_relay, changed, connected: connected.clone() };
-        (Arc::new(gateway), RelayLinks { requests, changed: changed_tx, connected })
+        let metrics = Arc::new(Metrics::new(membership.replicas.len()));
+        let gateway = Gateway {
+            jobs,
+            membership,
+            key,
+            intake,
+            pin,
+            to_writer,
+            to_relay,
+            changed,
+            connected: connected.clone(),
+            metrics: metrics.clone(),
+        };
+        (Arc::new(gateway), RelayLinks { requests, changed: changed_tx, connected, metrics })
     }
 
     pub fn jobs(&self) -> &Jobs {
@@ -146,6 +161,10 @@ impl Gateway {
 
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Makes `sub` a durable job (or finds the job its delivery id already

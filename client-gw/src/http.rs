@@ -10,7 +10,8 @@
 //!   is ordered), both through consensus and both rate limited like webhooks.
 //! - `GET /jobs` (newest first, `?limit=&before=`), `GET /jobs/{id}` (also
 //!   with `?wait=`), `GET /jobs/{id}/certificate` (the certificate alone, as
-//!   `pbft-node verify` reads it), `GET /healthz`.
+//!   `pbft-node verify` reads it), `GET /healthz`, `GET /metrics`
+//!   (Prometheus text, [`crate::metrics`]).
 //!
 //! Every error is `{"error": "…"}`: 400 invalid input, 401 bad or missing
 //! signature, 404, 409, 413 over 1 MiB, 415 not JSON (or GitHub's form), 429 over
@@ -31,6 +32,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::gateway::{status_url, summary, Gateway, GatewayError};
+use crate::metrics::{self, WebhookOutcome};
 use crate::webhook::{self, Encoding, Intake};
 
 /// Largest webhook body accepted.
@@ -88,6 +90,7 @@ pub fn router(gateway: Arc<Gateway>, rate_limit: Option<NonZeroU32>) -> Router {
         .route("/jobs/{id}/rerun", post(rerun))
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route".into())
@@ -146,9 +149,19 @@ async fn rate_limited(app: &App, parts: &mut axum::http::request::Parts) -> Resu
     Ok(())
 }
 
-async fn webhook(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
+/// Every delivery is counted by what became of it and the status answered.
+async fn webhook(State(app): State<Arc<App>>, req: Request) -> Response {
+    let (outcome, response) = match intake(&app, req).await {
+        Ok((outcome, response)) => (outcome, response),
+        Err(e) => (WebhookOutcome::Rejected, e.into_response()),
+    };
+    app.gateway.metrics().webhook(outcome, response.status().as_u16());
+    response
+}
+
+async fn intake(app: &App, req: Request) -> Result<(WebhookOutcome, Response), ApiError> {
     let (mut parts, body) = req.into_parts();
-    rate_limited(&app, &mut parts).await?;
+    rate_limited(app, &mut parts).await?;
     let wait = wait_param(parts.uri.query())?;
     let encoding = encoding(&parts.headers)?;
     let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_BYTES_MAX)).await {
@@ -168,18 +181,22 @@ async fn webhook(State(app): State<Arc<App>>, req: Request) -> Result<Response, 
         ApiError(e.status(), e.to_string())
     })?;
     let sub = match intake {
-        Intake::Skip(reason) => return Ok((StatusCode::OK, Json(json!({ "skipped": reason }))).into_response()),
+        Intake::Skip(reason) => {
+            let answer = (StatusCode::OK, Json(json!({ "skipped": reason }))).into_response();
+            return Ok((WebhookOutcome::Skipped, answer));
+        }
         Intake::Run(sub) => sub,
     };
     let (number, new) = app.gateway.accept(sub).await?;
+    let outcome = if new { WebhookOutcome::Accepted } else { WebhookOutcome::Redelivery };
     if let Some(within) = wait {
-        return job_answer(&app, number, Some(within)).await;
+        return Ok((outcome, job_answer(app, number, Some(within)).await?));
     }
     let mut answer = json!({ "id": number.to_string(), "status_url": status_url(number) });
     if !new {
         answer["redelivery"] = json!(true);
     }
-    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+    Ok((outcome, (StatusCode::ACCEPTED, Json(answer)).into_response()))
 }
 
 /// Job `number` in full: 200 with its verdict, 202 while pending.
@@ -272,6 +289,14 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         "quorum": q.quorum(),
     });
     (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text (see [`crate::metrics`]).
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let m = app.gateway.metrics();
+    // The relay refreshes it every tick; a scrape reads the latest count.
+    m.set_connected(app.gateway.connected_replicas());
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], m.encode()).into_response()
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.

@@ -10,12 +10,14 @@
 //! - [`gateway`]: what the HTTP side asks: accept durably, hand over to the
 //!   relay, job views with votes and certificates, waiting for a verdict.
 //! - [`http`]: the routes and JSON of DESIGN.md's "Gateway HTTP" (axum).
+//! - [`metrics`]: the Prometheus counters of `GET /metrics`.
 //! - [`relay`]: the gateway's side of the swarm: submit, collect signed
 //!   replies, apply the verdict rule, resubmit and refetch after a restart.
 
 pub mod gateway;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod relay;
 pub mod verdict;
 pub mod webhook;

@@ -29,7 +29,7 @@ use pbft_node::{keys, logging};
     version,
     after_help = "Routes: POST /webHook (or /webhook) with {\"branch\": \"B\"} or a GitHub, Gitea/Forgejo or\n\
                   GitLab push event answers 202 {\"id\", \"status_url\"} (?wait=SECONDS waits for the verdict);\n\
-                  GET /jobs, /jobs/ID, /jobs/ID/certificate (what `pbft-node verify` checks), /healthz;\n\
+                  GET /jobs, /jobs/ID, /jobs/ID/certificate (what `pbft-node verify` checks), /healthz, /metrics;\n\
                   POST /jobs/ID/rerun and /jobs/ID/cancel (through consensus).\n\
                   Logs go to stderr and to LOG_DIR/pbft-gw-<PeerId>.log; RUST_LOG filters them.\n\
                   SIGTERM or ctrl-c stops it; accepted jobs are kept in --data-dir and resumed at start.\n\n\

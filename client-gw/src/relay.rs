@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::gateway::{now_ms, RelayLinks};
 use crate::jobs::{Job, Jobs, JobsError};
+use crate::metrics::Metrics;
 use crate::verdict::{decide, Decision, Verdict, Vote};
 
 /// Jobs whose replies one sweep asks the replicas for.
@@ -43,18 +44,32 @@ pub struct Collector {
     membership: Arc<Membership>,
     deadline: Duration,
     tracked: HashMap<u64, Tracked>,
+    metrics: Arc<Metrics>,
 }
 
 impl Collector {
     /// Follows every job of the store without a verdict.
     pub fn new(jobs: Arc<Jobs>, membership: Arc<Membership>, deadline: Duration) -> Result<Collector, JobsError> {
-        let mut c = Collector { jobs, membership, deadline, tracked: HashMap::new() };
+        let metrics = Arc::new(Metrics::new(membership.replicas.len()));
+        let mut c = Collector { jobs, membership, deadline, tracked: HashMap::new(), metrics };
         for number in c.jobs.pending()? {
             if let Some(job) = c.jobs.get(number)? {
                 c.load(&job)?;
             }
         }
         Ok(c)
+    }
+
+    /// Counts replies and verdicts into `metrics` (the gateway's) from now on.
+    pub fn count_into(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = metrics;
+    }
+
+    /// A verdict given to job `number` (stored); `first_since_ms`: when it
+    /// was accepted, if this is its first verdict.
+    fn given(&self, _number: u64, verdict: Verdict, first_since_ms: Option<u64>, now_ms: u64) {
+        let latency = first_since_ms.map(|at| Duration::from_millis(now_ms.saturating_sub(at)));
+        self.metrics.verdict(verdict, latency);
     }
 
     /// Jobs followed (no verdict yet), oldest first, with their signed
@@ -104,6 +119,7 @@ impl Collector {
     /// Takes a reply the client checked (signed by replica `replica`,
     /// addressed to this gateway). Returns whether a verdict changed.
     pub fn on_reply(&mut self, replica: usize, reply: &Signed<Reply>, now_ms: u64) -> Result<bool, JobsError> {
+        self.metrics.reply(replica, reply_kind(&reply.msg.body));
         let Some(vote) = vote_of(&reply.msg) else { return Ok(false) };
         let number = reply.msg.number;
         if !self.tracked.contains_key(&number) {
@@ -141,7 +157,10 @@ impl Collector {
         if changed {
             let d = decision.clone().expect("a verdict once given stays");
             info!("job {number}: {}", d.verdict.as_str());
+            let first = t.decision.is_none().then_some(t.accepted_ms);
+            let verdict = d.verdict;
             self.jobs.update(number, |j| j.decision = Some(d))?;
+            self.given(number, verdict, first, now_ms);
         }
         if decision.is_some() {
             // A late reply to a decided job loads it again from the store.
@@ -156,13 +175,12 @@ impl Collector {
     pub fn on_ordered(&mut self, number: u64, job: JobId) -> Result<bool, JobsError> {
         let Some(updated) = self.jobs.update(number, |j| j.ordered = Some(job))? else { return Ok(false) };
         let Some(target) = updated.cancel_of else { return Ok(false) };
-        if self.jobs.get(target)?.is_none_or(|t| t.decision.is_some()) {
-            return Ok(false);
-        }
+        let Some(target_job) = self.jobs.get(target)?.filter(|t| t.decision.is_none()) else { return Ok(false) };
         info!("job {target}: cancelled (cancel request {number} ordered as {job})");
         let d = Decision { verdict: Verdict::Cancelled, results: Vec::new() };
         self.jobs.update(target, |t| t.decision = Some(d))?;
         self.tracked.remove(&target);
+        self.given(target, Verdict::Cancelled, Some(target_job.accepted_ms), now_ms());
         Ok(true)
     }
 
@@ -170,15 +188,14 @@ impl Collector {
     /// window: stale): it will never run. (`TooFarAhead` is not for good:
     /// the relay submits such a request again later.)
     pub fn on_refused(&mut self, number: u64, reason: Rejection) -> Result<bool, JobsError> {
-        if self.tracked.remove(&number).is_none() {
-            return Ok(false);
-        }
+        let Some(t) = self.tracked.remove(&number) else { return Ok(false) };
         warn!("job {number}: refused by the replicas ({reason:?})");
         let d = Decision { verdict: Verdict::Undecided, results: Vec::new() };
         self.jobs.update(number, |j| {
             j.refused = Some(format!("{reason:?}"));
             j.decision = Some(d);
         })?;
+        self.given(number, Verdict::Undecided, Some(t.accepted_ms), now_ms());
         Ok(true)
     }
 
@@ -196,6 +213,16 @@ impl Collector {
             changed |= self.settle(n, now_ms)?;
         }
         Ok(changed)
+    }
+}
+
+fn reply_kind(body: &ReplyBody) -> &'static str {
+    match body {
+        ReplyBody::Accepted { .. } => "accepted",
+        ReplyBody::Duplicate { .. } => "duplicate",
+        ReplyBody::Rejected { .. } => "rejected",
+        ReplyBody::Result { .. } => "result",
+        ReplyBody::Abstain { .. } => "abstain",
     }
 }
 
@@ -223,6 +250,7 @@ pub async fn run(
     cfg: RelayConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    collector.count_into(links.metrics.clone());
     let membership = collector.membership.clone();
     let network = membership.network_id();
     for job in collector.pending().unwrap_or_default() {
@@ -273,6 +301,7 @@ pub async fn run(
             _ = tick.tick() => {
                 let connected = client.connected_replicas().await;
                 links.connected.store(connected, Ordering::Relaxed);
+                links.metrics.set_connected(connected);
                 while later.front().is_some_and(|(at, _)| *at <= tokio::time::Instant::now()) {
                     let (_, number) = later.pop_front().expect("just looked");
                     if !collector.tracked.contains_key(&number) {

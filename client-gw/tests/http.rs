@@ -486,3 +486,81 @@ async fn concurrent_deliveries_get_distinct_numbers_and_concurrent_redeliveries_
     }
     assert_eq!(relayed, 201);
 }
+
+/// `GET /metrics` as Prometheus scrapes it: (content type, text).
+async fn scrape(h: &Harness) -> (String, String) {
+    let resp = h.router.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (ctype, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+/// The value of the sample `name{labels}` (exactly as written), if exposed.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_webhooks_by_outcome_verdicts_replies_and_connected_replicas() {
+    let mut h = harness(None);
+    let mut collector = Collector::new(h.jobs.clone(), h.membership.clone(), Duration::from_secs(600)).unwrap();
+    collector.count_into(h.links.metrics.clone());
+    let (ctype, before) = scrape(&h).await;
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    assert_eq!(sample(&before, "pbft_gw_replicas"), Some(4.0));
+    assert_eq!(sample(&before, "pbft_gw_replicas_connected"), Some(0.0));
+
+    let pinned = r#"{"branch": "master", "commit": "0123456789abcdef0123456789abcdef01234567"}"#;
+    assert_eq!(h.send(poc(pinned)).await.0, StatusCode::ACCEPTED);
+    assert_eq!(h.send(poc(r#"{"branch": "b"}"#)).await.0, StatusCode::ACCEPTED);
+    let delivery = "0f8d7a4e-1111-4c7e-9a51-2f6b8d3e1c40";
+    assert_eq!(h.send(github(GITHUB_PUSH, delivery, SECRET)).await.0, StatusCode::ACCEPTED);
+    assert_eq!(h.send(github(GITHUB_PUSH, delivery, SECRET)).await.0, StatusCode::ACCEPTED);
+    let sig = format!("sha256={}", hmac_sha256_hex(SECRET.as_bytes(), b"{}"));
+    let ping = post(
+        "/webhook",
+        "application/json",
+        &[("x-github-event", "ping"), ("x-hub-signature-256", &sig)],
+        b"{}".into(),
+    );
+    assert_eq!(h.send(ping).await.0, StatusCode::OK);
+    assert_eq!(h.send(github(GITHUB_PUSH, "d-bad", "wrong")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.send(github(GITHUB_PUSH, "d-bad2", "wrong")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.send(poc("{")).await.0, StatusCode::BAD_REQUEST);
+    let plain = post("/webHook", "text/plain", &[], b"{}".to_vec());
+    assert_eq!(h.send(plain).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // The first job gets three passing results: a verdict.
+    let req = h.relayed().unwrap();
+    collector.track(req.msg.number, req.msg.digest(), pbft_gw::gateway::now_ms());
+    let passed = NoneExecutor::result(&req.msg);
+    for i in [0, 1, 2] {
+        collector.on_reply(i, &h.result(i, &req.msg, &passed), pbft_gw::gateway::now_ms()).unwrap();
+    }
+    h.links.connected.store(3, std::sync::atomic::Ordering::Relaxed);
+
+    let (_, text) = scrape(&h).await;
+    let want = [
+        ("pbft_gw_webhooks_total{outcome=\"accepted\",status=\"202\"}", 3.0),
+        ("pbft_gw_webhooks_total{outcome=\"redelivery\",status=\"202\"}", 1.0),
+        ("pbft_gw_webhooks_total{outcome=\"skipped\",status=\"200\"}", 1.0),
+        ("pbft_gw_webhooks_total{outcome=\"rejected\",status=\"401\"}", 2.0),
+        ("pbft_gw_webhooks_total{outcome=\"rejected\",status=\"400\"}", 1.0),
+        ("pbft_gw_webhooks_total{outcome=\"rejected\",status=\"415\"}", 1.0),
+        ("pbft_gw_verdicts_total{verdict=\"passed\"}", 1.0),
+        ("pbft_gw_webhook_to_verdict_seconds_count", 1.0),
+        ("pbft_gw_webhook_to_verdict_seconds_bucket{le=\"+Inf\"}", 1.0),
+        ("pbft_gw_replies_total{replica=\"0\",kind=\"result\"}", 1.0),
+        ("pbft_gw_replies_total{replica=\"2\",kind=\"result\"}", 1.0),
+        ("pbft_gw_replicas_connected", 3.0),
+    ];
+    let mut failures = Vec::new();
+    for (series, value) in want {
+        if sample(&text, series) != Some(value) {
+            failures.push(format!("{series}: want {value}, got {:?}", sample(&text, series)));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}\n--- scraped:\n{text}", failures.join("\n"));
+    assert_eq!(sample(&text, "pbft_gw_replies_total{replica=\"3\",kind=\"result\"}"), None);
+}
