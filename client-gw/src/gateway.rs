@@ -13,7 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use libp2p_identity::Keypair;
 use pbft_node::ci::git::{resolve_remote, GitConfig};
 use pbft_node::membership::Membership;
-use pbft_node::wire::{Certificate, Digest, NetworkId, Operation, Outcome, Reply, ReplyBody, Request, Signed};
+use pbft_node::net::client::LogAnswers;
+use pbft_node::wire::{
+    Certificate, Digest, JobId, JobLogs, NetworkId, Operation, Outcome, Reply, ReplyBody, Request, Signed,
+};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -24,6 +27,8 @@ use crate::webhook::{IntakeConfig, Submission};
 
 /// Requests accepted but not yet taken by the relay.
 const RELAY_QUEUE_MAX: usize = 16_384;
+/// Log fetches waiting for the relay; more are answered with no logs.
+const LOG_FETCH_QUEUE_MAX: usize = 64;
 /// Longest wait for `git ls-remote` when pinning a ref; past it, the job goes
 /// unpinned and the replicas resolve the ref themselves.
 const PIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -46,6 +51,10 @@ pub enum GatewayError {
     Conflict(String),
 }
 
+/// A fetch of a job's step logs from every replica: the job, and where
+/// each replica's answer goes (with its index).
+pub type LogFetch = (JobId, LogAnswers);
+
 /// The relay's ends of what it shares with the gateway.
 pub struct RelayLinks {
     /// Newly accepted jobs, to submit: the signed request and when it was
@@ -57,6 +66,8 @@ pub struct RelayLinks {
     pub connected: Arc<AtomicUsize>,
     /// What the relay counts (replies, verdicts).
     pub metrics: Arc<Metrics>,
+    /// Log fetches to pass to the replicas.
+    pub logs: mpsc::Receiver<LogFetch>,
 }
 
 pub struct Gateway {
@@ -71,6 +82,7 @@ pub struct Gateway {
     changed: watch::Receiver<u64>,
     connected: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    to_logs: mpsc::Sender<LogFetch>,
 }
 
 /// Submissions one transaction stores at most.
@@ -140,6 +152,7 @@ impl Gateway {
         let connected = Arc::new(AtomicUsize::new(0));
         let to_writer = start_writer(jobs.clone(), membership.network_id(), key.clone());
         let metrics = Arc::new(Metrics::new(membership.replicas.len()));
+        let (to_logs, logs) = mpsc::channel(LOG_FETCH_QUEUE_MAX);
         let gateway = Gateway {
             jobs,
             membership,
@@ -151,8 +164,9 @@ impl Gateway {
             changed,
             connected: connected.clone(),
             metrics: metrics.clone(),
+            to_logs,
         };
-        (Arc::new(gateway), RelayLinks { requests, changed: changed_tx, connected, metrics })
+        (Arc::new(gateway), RelayLinks { requests, changed: changed_tx, connected, metrics, logs })
     }
 
     pub fn jobs(&self) -> &Jobs {
@@ -294,6 +308,31 @@ impl Gateway {
                 _ => return Ok(self.jobs.get(number)?),
             }
         }
+    }
+
+    /// Each replica's step logs of `job` (by replica index), as many as
+    /// answer `within`; `None` for the others.
+    pub async fn logs(&self, job: JobId, within: Duration) -> Vec<Option<JobLogs>> {
+        let n = self.membership.replicas.len();
+        let mut out = vec![None; n];
+        let (tx, mut rx) = mpsc::channel(n);
+        if self.to_logs.try_send((job, tx)).is_err() {
+            return out;
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        let mut answered = 0;
+        while answered < n {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((i, logs))) if i < n && logs.job == job => {
+                    if out[i].replace(logs).is_none() {
+                        answered += 1;
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        out
     }
 
     pub fn connected_replicas(&self) -> usize {

@@ -10,8 +10,12 @@
 //!   is ordered), both through consensus and both rate limited like webhooks.
 //! - `GET /jobs` (newest first, `?limit=&before=`), `GET /jobs/{id}` (also
 //!   with `?wait=`), `GET /jobs/{id}/certificate` (the certificate alone, as
-//!   `pbft-node verify` reads it), `GET /healthz`, `GET /metrics`
-//!   (Prometheus text, [`crate::metrics`]).
+//!   `pbft-node verify` reads it; `?download=1` as a file to save),
+//!   `GET /jobs/{id}/logs` (each replica's step logs), `GET /healthz`,
+//!   `GET /metrics` (Prometheus text, [`crate::metrics`]).
+//! - For people ([`crate::ui`]): `GET /`, the recent jobs; `GET /jobs/{id}`
+//!   asked for as HTML (`Accept: text/html` before any
+//!   `application/json`, as browsers send it) is the job's page.
 //!
 //! Every error is `{"error": "…"}`: 400 invalid input, 401 bad or missing
 //! signature, 404, 409, 413 over 1 MiB, 415 not JSON (or GitHub's form), 429 over
@@ -33,6 +37,7 @@ use serde_json::json;
 
 use crate::gateway::{status_url, summary, Gateway, GatewayError};
 use crate::metrics::{self, WebhookOutcome};
+use crate::ui;
 use crate::webhook::{self, Encoding, Intake};
 
 /// Largest webhook body accepted.
@@ -44,6 +49,8 @@ pub const WAIT_MAX: Duration = Duration::from_secs(3600);
 /// Jobs one page of `GET /jobs` lists by default, and at most.
 const PAGE_DEFAULT: usize = 50;
 const PAGE_MAX: usize = 500;
+/// Longest a job's page waits for the replicas' logs.
+const LOGS_WAIT: Duration = Duration::from_secs(2);
 /// Source addresses the rate limiter remembers before it forgets idle ones.
 const LIMITER_KEYS_MAX: usize = 10_000;
 
@@ -86,7 +93,9 @@ pub fn router(gateway: Arc<Gateway>, rate_limit: Option<NonZeroU32>) -> Router {
         .route("/webhook", post(webhook))
         .route("/jobs", get(list_jobs))
         .route("/jobs/{id}", get(get_job))
+        .route("/", get(index))
         .route("/jobs/{id}/certificate", get(get_certificate))
+        .route("/jobs/{id}/logs", get(get_logs))
         .route("/jobs/{id}/rerun", post(rerun))
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/healthz", get(healthz))
@@ -240,20 +249,132 @@ async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>, req: Reques
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
+/// Whether the client prefers HTML to JSON (a browser): `text/html` named
+/// in `Accept`, before any `application/json`. curl and scripts get JSON.
+fn wants_html(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else { return false };
+    match (accept.find("text/html"), accept.find("application/json")) {
+        (Some(html), Some(json)) => html < json,
+        (html, _) => html.is_some(),
+    }
+}
+
+fn html(body: String) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CONTENT_SECURITY_POLICY, ui::CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::VARY, "Accept"),
+    ];
+    (headers, body).into_response()
+}
+
+/// `GET /jobs/{id}`: the JSON contract, or the job's page for a browser.
 async fn get_job(State(app): State<Arc<App>>, Path(id): Path<String>, req: Request) -> Result<Response, ApiError> {
     let number = job_number(&id)?;
     let wait = wait_param(req.uri().query())?;
-    job_answer(&app, number, wait).await
+    if !wants_html(req.headers()) {
+        let mut answer = job_answer(&app, number, wait).await?;
+        answer.headers_mut().insert(header::VARY, header::HeaderValue::from_static("Accept"));
+        return Ok(answer);
+    }
+    let job = app.gateway.jobs().get(number).map_err(GatewayError::from)?;
+    let Some(job) = job else { return Err(ApiError(StatusCode::NOT_FOUND, format!("no job {number}"))) };
+    let view = app.gateway.view(&job);
+    let logs = match job.ordered {
+        Some(ordered) => {
+            let answers = app.gateway.logs(ordered, LOGS_WAIT).await;
+            let replicas = app.gateway.membership().replicas.iter();
+            Some(
+                replicas
+                    .zip(answers)
+                    .map(|(m, logs)| ui::ReplicaLogs { replica: m.peer_id.to_string(), logs })
+                    .collect::<Vec<_>>(),
+            )
+        }
+        None => None,
+    };
+    Ok(html(ui::job(&view, logs.as_deref())))
 }
 
-async fn get_certificate(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateParams {
+    /// Any value: answer as a file to save.
+    download: Option<String>,
+}
+
+async fn get_certificate(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let number = job_number(&id)?;
+    let params: CertificateParams = serde_urlencoded_query(req.uri().query())?;
+    let job = app.gateway.jobs().get(number).map_err(GatewayError::from)?;
+    let Some(job) = job else { return Err(ApiError(StatusCode::NOT_FOUND, format!("no job {number}"))) };
+    let Some(cert) = app.gateway.view(&job).certificate else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("job {number} has no certificate (yet)")));
+    };
+    let mut answer = Json(cert).into_response();
+    if params.download.is_some() {
+        let disposition = format!("attachment; filename=\"job-{number}-certificate.json\"");
+        let value = header::HeaderValue::from_str(&disposition).expect("digits and ASCII");
+        answer.headers_mut().insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(answer)
+}
+
+/// `GET /jobs/{id}/logs`: each replica's step logs of the job (the end of
+/// each, with the digest its replica recorded), as many as answer in time.
+async fn get_logs(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let number = job_number(&id)?;
     let job = app.gateway.jobs().get(number).map_err(GatewayError::from)?;
     let Some(job) = job else { return Err(ApiError(StatusCode::NOT_FOUND, format!("no job {number}"))) };
-    match app.gateway.view(&job).certificate {
-        Some(cert) => Ok(Json(cert).into_response()),
-        None => Err(ApiError(StatusCode::NOT_FOUND, format!("job {number} has no certificate (yet)"))),
-    }
+    let Some(ordered) = job.ordered else {
+        return Err(ApiError(StatusCode::CONFLICT, format!("job {number} is not ordered yet: it has no logs")));
+    };
+    let answers = app.gateway.logs(ordered, LOGS_WAIT).await;
+    let replicas: Vec<_> = app
+        .gateway
+        .membership()
+        .replicas
+        .iter()
+        .zip(answers)
+        .map(|(m, logs)| {
+            let steps = logs.map(|l| {
+                l.steps
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "file": s.file,
+                            "bytes": s.bytes,
+                            "tail": String::from_utf8_lossy(&s.tail),
+                            "sha256": s.sha256,
+                            "verified": ui::log_verified(s),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            });
+            json!({ "replica": m.peer_id.to_string(), "steps": steps })
+        })
+        .collect();
+    Ok(Json(json!({ "id": number.to_string(), "job": ordered.to_string(), "replicas": replicas })).into_response())
+}
+
+/// `GET /`: the page for people, newest jobs first (`?before=&limit=`).
+async fn index(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
+    let page: Page = serde_urlencoded_query(req.uri().query())?;
+    let limit = page.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let jobs = app.gateway.jobs().list(page.before, limit).map_err(GatewayError::from)?;
+    let older = match jobs.last() {
+        Some(last) if jobs.len() == limit && last.number > 1 => Some(format!("/?before={}&limit={limit}", last.number)),
+        _ => None,
+    };
+    let views: Vec<_> = jobs.iter().map(|j| app.gateway.view(j)).collect();
+    let q = app.gateway.membership().quorum();
+    let health = ui::Health { connected: app.gateway.connected_replicas(), replicas: q.n, quorum: q.quorum() };
+    Ok(html(ui::index(&views, &health, older.as_deref())))
 }
 
 #[derive(Deserialize)]

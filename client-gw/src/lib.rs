@@ -11,6 +11,8 @@
 //!   relay, job views with votes and certificates, waiting for a verdict.
 //! - [`http`]: the routes and JSON of DESIGN.md's "Gateway HTTP" (axum).
 //! - [`metrics`]: the Prometheus counters of `GET /metrics`.
+//! - [`ui`]: the pages for people (the job list, a job's votes,
+//!   certificate and logs), pure HTML with everything escaped.
 //! - [`relay`]: the gateway's side of the swarm: submit, collect signed
 //!   replies, apply the verdict rule, resubmit and refetch after a restart.
 
@@ -19,5 +21,6 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod relay;
+pub mod ui;
 pub mod verdict;
 pub mod webhook;

@@ -277,6 +277,7 @@ pub async fn run(
                 collector.track(req.msg.number, req.msg.digest(), accepted_ms);
                 client.submit(req).await;
             }
+            Some((job, answers)) = links.logs.recv() => client.fetch_logs(job, answers).await,
             event = client.next_event() => {
                 let Some(event) = event else { break };
                 let outcome = match event {

@@ -564,3 +564,106 @@ async fn metrics_count_webhooks_by_outcome_verdicts_replies_and_connected_replic
     assert!(failures.is_empty(), "\n{}\n--- scraped:\n{text}", failures.join("\n"));
     assert_eq!(sample(&text, "pbft_gw_replies_total{replica=\"3\",kind=\"result\"}"), None);
 }
+
+/// One exchange, whatever the body: (status, headers, body text).
+async fn fetch(h: &Harness, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    let resp = h.router.clone().layer(from([192, 0, 2, 1])).oneshot(req).await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, headers, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+fn browser(uri: &str) -> Request<Body> {
+    Request::get(uri)
+        .header("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pages_for_people_show_votes_certificate_and_logs_with_everything_escaped() {
+    use pbft_node::wire::{JobLogs, StepLog};
+    use sha2::Digest as _;
+
+    let mut h = harness(None);
+    let mut collector = Collector::new(h.jobs.clone(), h.membership.clone(), Duration::from_secs(600)).unwrap();
+    // A valid git ref, chosen to break out of HTML.
+    let evil = r#"x\"><script>alert(1)</script>&amp;"#;
+    let body = format!(r#"{{"branch": "{evil}", "commit": "0123456789abcdef0123456789abcdef01234567"}}"#);
+    let (status, answer) = h.send(poc(&body)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let req = h.relayed().unwrap();
+    collector.track(1, req.msg.digest(), pbft_gw::gateway::now_ms());
+    let job = JobId { seq: 7, index: 2 };
+    collector.on_ordered(1, job).unwrap();
+    let passed = NoneExecutor::result(&req.msg);
+    for i in [0, 1, 2] {
+        collector.on_reply(i, &h.result(i, &req.msg, &passed), pbft_gw::gateway::now_ms()).unwrap();
+    }
+    let abstain = Reply {
+        view: 0,
+        gateway: req.msg.gateway,
+        number: 1,
+        request: req.msg.digest(),
+        body: ReplyBody::Abstain { job, reason: "<img src=x onerror=alert(2)>".into() },
+    };
+    let abstain = Signed::seal(abstain, &h.membership.network_id(), &h.replicas[3]);
+    collector.on_reply(3, &abstain, pbft_gw::gateway::now_ms()).unwrap();
+
+    // The relay's part for logs: each replica answers with its own.
+    let mut fetches = std::mem::replace(&mut h.links.logs, tokio::sync::mpsc::channel(1).1);
+    tokio::spawn(async move {
+        while let Some((asked, answers)) = fetches.recv().await {
+            for i in 0..4 {
+                let log = format!("step {i} says <script>alert(3)</script>\n").into_bytes();
+                let sum = hex::encode(sha2::Sha256::digest(&log));
+                let step = StepLog { file: "0-test.log".into(), bytes: log.len() as u64, tail: log, sha256: Some(sum) };
+                answers.send((i, JobLogs { job: asked, steps: vec![step] })).await.unwrap();
+            }
+        }
+    });
+
+    let (status, headers, index) = fetch(&h, browser("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    assert!(index.contains("<a href=\"/jobs/1\">1</a>"), "{index}");
+    assert!(index.contains("x&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;&amp;amp;"), "{index}");
+    assert!(index.contains(r#"<span class="v passed" title="passed">passed</span>"#));
+    assert!(index.contains(r#"title="replica 3 ("#) && index.contains(">A</span>"));
+
+    let (status, headers, page) = fetch(&h, browser("/jobs/1")).await;
+    assert_eq!((status, headers["vary"].to_str().unwrap()), (StatusCode::OK, "Accept"));
+    for want in [
+        "&lt;img src=x onerror=alert(2)&gt;",
+        "step 2 says &lt;script&gt;alert(3)&lt;/script&gt;",
+        "matches its SHA256SUMS entry",
+        "/jobs/1/certificate?download=1",
+        "&quot;sets&quot;",
+        "7-2",
+    ] {
+        assert!(page.contains(want), "{want:?} missing from\n{page}");
+    }
+    for page in [&index, &page] {
+        assert!(!page.contains("<script") && !page.contains("<img"), "unescaped markup in\n{page}");
+    }
+
+    // The JSON contract is intact for scripts, whatever else they accept.
+    for accept in [None, Some("application/json"), Some("application/json, text/html"), Some("*/*")] {
+        let mut b = Request::get("/jobs/1");
+        if let Some(a) = accept {
+            b = b.header("accept", a);
+        }
+        let (status, job) = h.send(b.body(Body::empty()).unwrap()).await;
+        assert_eq!((status, job["verdict"].as_str()), (StatusCode::OK, Some("passed")), "{accept:?}");
+    }
+    let (_, headers, text) =
+        fetch(&h, Request::get("/jobs/1/certificate?download=1").body(Body::empty()).unwrap()).await;
+    assert_eq!(headers["content-disposition"], "attachment; filename=\"job-1-certificate.json\"");
+    let cert: Certificate = serde_json::from_str(&text).unwrap();
+    assert!(cert.verify(h.membership.as_ref()).is_ok());
+    let (status, logs) = h.get("/jobs/1/logs").await;
+    assert_eq!((status, logs["job"].as_str()), (StatusCode::OK, Some("7-2")));
+    assert_eq!(logs["replicas"][1]["steps"][0]["verified"], true);
+    assert_eq!(logs["replicas"][1]["steps"][0]["tail"], "step 1 says <script>alert(3)</script>\n");
+}

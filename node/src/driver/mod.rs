@@ -14,6 +14,7 @@
 //! (that is `net`'s).
 
 pub mod executor;
+mod logs;
 mod results;
 pub mod shutdown;
 
@@ -139,6 +140,9 @@ struct Driver {
     replies: BTreeMap<PeerId, Vec<SignedBytes>>,
     /// Replies for gateways not connected, sent when they connect.
     held: HashMap<PeerId, VecDeque<SignedBytes>>,
+    /// Where the executor keeps step logs (`DATA_DIR/ci/logs`, as `pbft-node
+    /// run` sets it up), served to gateways that ask.
+    logs: PathBuf,
 }
 
 impl Driver {
@@ -191,6 +195,7 @@ impl Driver {
             done_rx,
             replies: BTreeMap::new(),
             held: HashMap::new(),
+            logs: cfg.data_dir.join("ci").join("logs"),
         };
         let unfinished = driver.store.unfinished_jobs(RESUME_JOBS_MAX)?;
         if !unfinished.is_empty() {
@@ -452,15 +457,19 @@ impl Driver {
                     }
                     // The swarm turns deliveries into signed events and
                     // answers reply requests itself.
-                    PeerRequest::Deliver(_) | PeerRequest::Replies { .. } => {}
+                    PeerRequest::Deliver(_) | PeerRequest::Replies { .. } | PeerRequest::Logs { .. } => {}
                 }
             }
             NetEvent::RepliesWanted { request, responder, .. } => {
                 let replies = self.served_replies(request)?;
                 self.net.respond(responder, PeerResponse::Replies(replies));
             }
+            NetEvent::LogsWanted { job, responder, .. } => {
+                // Served inline: reads of local files, LOGS_BYTES_MAX in all.
+                self.net.respond(responder, PeerResponse::Logs(logs::read(&self.logs, job)));
+            }
             NetEvent::Connected { peer } => self.on_connected(peer),
-            NetEvent::Listening { .. } | NetEvent::Disconnected { .. } => {}
+            NetEvent::Listening { .. } | NetEvent::Disconnected { .. } | NetEvent::Logs { .. } => {}
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use super::{Channel, Net, NetConfig, NetError, NetEvent, Opened, Role};
 use crate::membership::Membership;
 use crate::pbft::Message;
 use crate::wire::{
-    limits, Digest, JobId, Operation, PeerRequest, Rejection, Reply, ReplyBody, Request, Signed, SignedBytes,
+    limits, Digest, JobId, JobLogs, Operation, PeerRequest, Rejection, Reply, ReplyBody, Request, Signed, SignedBytes,
 };
 
 pub struct ClientConfig {
@@ -68,6 +68,7 @@ enum Command {
     Submit(Signed<Request>),
     PublishRaw(Channel, Vec<u8>),
     FetchReplies(Digest),
+    FetchLogs(JobId, LogAnswers),
     ConnectedReplicas(oneshot::Sender<usize>),
 }
 
@@ -84,6 +85,15 @@ pub const RETRY_MAX: Duration = Duration::from_secs(8);
 
 /// Commands and events queued between the caller and the swarm task.
 const QUEUE_MAX: usize = 65_536;
+/// Where the replicas' answers to one log fetch go, with their index.
+pub type LogAnswers = mpsc::Sender<(usize, JobLogs)>;
+
+/// Jobs whose logs are being fetched at once; the oldest fetch is dropped
+/// past it.
+const LOG_FETCHES_MAX: usize = 64;
+/// How long answers to one log fetch are passed on (the peers' request
+/// timeout).
+const LOG_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Client {
     /// Joins the network. Must run inside a tokio runtime.
@@ -108,6 +118,7 @@ impl Client {
             retry: cfg.retry,
             outstanding: HashMap::new(),
             events: event_tx,
+            log_fetches: Vec::new(),
         };
         let task = tokio::spawn(task.run(command_rx));
         Ok(Client { commands, events, key, membership, task })
@@ -138,6 +149,13 @@ impl Client {
     /// as [`ClientEvent::Reply`].
     pub async fn fetch_replies(&self, request: Digest) {
         let _ = self.commands.send(Command::FetchReplies(request)).await;
+    }
+
+    /// Asks every replica for its step logs of `job`; each answer goes to
+    /// `answers` with the replica's index, as it arrives, until `answers` is
+    /// dropped or the peers' request timeout passes.
+    pub async fn fetch_logs(&self, job: JobId, answers: LogAnswers) {
+        let _ = self.commands.send(Command::FetchLogs(job, answers)).await;
     }
 
     /// Replicas this client is connected to.
@@ -180,6 +198,8 @@ struct Task {
     retry: Duration,
     outstanding: HashMap<Digest, Outstanding>,
     events: mpsc::Sender<ClientEvent>,
+    /// Log fetches under way: the job, when asked, where answers go.
+    log_fetches: Vec<(JobId, Instant, LogAnswers)>,
 }
 
 impl Task {
@@ -230,6 +250,16 @@ impl Task {
                     self.net.send(&r, PeerRequest::Replies { request });
                 }
             }
+            Command::FetchLogs(job, answers) => {
+                self.log_fetches.retain(|(_, at, tx)| !tx.is_closed() && at.elapsed() < LOG_FETCH_TIMEOUT);
+                if self.log_fetches.len() == LOG_FETCHES_MAX {
+                    self.log_fetches.remove(0);
+                }
+                self.log_fetches.push((job, Instant::now(), answers));
+                for r in self.membership.replica_ids() {
+                    self.net.send(&r, PeerRequest::Logs { job });
+                }
+            }
             Command::ConnectedReplicas(tx) => {
                 let _ = tx.send(self.net.connected_replicas());
             }
@@ -241,6 +271,14 @@ impl Task {
             NetEvent::Signed { opened: Opened::Reply(reply), .. } => self.on_reply(reply),
             NetEvent::Signed { from, opened: Opened::Message(message) } => {
                 vec![ClientEvent::Consensus { from, message }]
+            }
+            NetEvent::Logs { from, logs } => {
+                if let Some(replica) = self.membership.replica_index(&from) {
+                    for (_, _, tx) in self.log_fetches.iter().filter(|(job, _, _)| *job == logs.job) {
+                        let _ = tx.try_send((replica, logs.clone()));
+                    }
+                }
+                Vec::new()
             }
             NetEvent::Connected { peer } if self.membership.replica_index(&peer).is_some() => {
                 // Whatever was published before this replica was reachable.

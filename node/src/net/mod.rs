@@ -47,7 +47,7 @@ use validate::Recent;
 pub use validate::{open, Invalid, Opened};
 
 use crate::membership::Membership;
-use crate::wire::{self, limits, Digest, Envelope, PeerRequest, PeerResponse, SignedBytes};
+use crate::wire::{self, limits, Digest, Envelope, JobId, JobLogs, PeerRequest, PeerResponse, SignedBytes};
 
 /// What this peer is in the network.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -116,6 +116,17 @@ pub enum NetEvent {
         from: PeerId,
         request: Digest,
         responder: Responder,
+    },
+    /// A member asks for the step logs this node kept for a job.
+    LogsWanted {
+        from: PeerId,
+        job: JobId,
+        responder: Responder,
+    },
+    /// A replica's answer to our [`PeerRequest::Logs`], within bounds.
+    Logs {
+        from: PeerId,
+        logs: JobLogs,
     },
     Connected {
         peer: PeerId,
@@ -459,6 +470,10 @@ impl Net {
             }
             Event::Message { peer, message: Message::Response { response, .. }, .. } => match response {
                 PeerResponse::Replies(items) => self.deliver(peer, items),
+                PeerResponse::Logs(logs) => match logs.check() {
+                    Ok(()) => self.pending.push_back(NetEvent::Logs { from: peer, logs }),
+                    Err(e) => warn!(%peer, "rejected logs: {e}"),
+                },
                 PeerResponse::Refused(reason) => debug!(%peer, "refused our request: {reason}"),
                 PeerResponse::Ack => {}
             },
@@ -492,6 +507,11 @@ impl Net {
                 None
             }
             PeerRequest::Replies { .. } => Some((channel, PeerResponse::Refused("not a replica".into()))),
+            PeerRequest::Logs { job } if self.role == Role::Replica => {
+                self.pending.push_back(NetEvent::LogsWanted { from: peer, job, responder: Responder(channel) });
+                None
+            }
+            PeerRequest::Logs { .. } => Some((channel, PeerResponse::Refused("not a replica".into()))),
             request if from_replica && self.role == Role::Replica => {
                 self.pending.push_back(NetEvent::Peer { from: peer, request });
                 Some((channel, PeerResponse::Ack))

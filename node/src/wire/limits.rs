@@ -27,6 +27,11 @@ pub const TEXT_BYTES_MAX: usize = 1024;
 /// Steps one result may list.
 pub const STEPS_MAX: usize = 256;
 
+/// The end of one step's log a replica serves on request (people read logs
+/// from the end), and the most all steps of one answer carry together.
+pub const LOG_TAIL_BYTES_MAX: usize = 64 * 1024;
+pub const LOGS_BYTES_MAX: usize = 1024 * 1024;
+
 /// Cuts `s` to at most `max` bytes, on a character boundary.
 pub fn truncate(s: &mut String, max: usize) {
     if s.len() > max {

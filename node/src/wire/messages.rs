@@ -426,6 +426,8 @@ pub enum PeerRequest {
     },
     /// Send me the signed replies you hold for this request.
     Replies { request: Digest },
+    /// Send me the step logs you kept for this job (gateways, to show people).
+    Logs { job: JobId },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -433,8 +435,58 @@ pub enum PeerRequest {
 pub enum PeerResponse {
     Ack,
     Replies(Vec<SignedBytes>),
+    Logs(JobLogs),
     /// The request was refused (not a member, malformed, over a bound).
     Refused(String),
+}
+
+/// A replica's step logs of one job: for people, outside every signature
+/// and digest (the result never depends on them).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobLogs {
+    pub job: JobId,
+    /// In step order; empty when the replica kept no logs for the job.
+    pub steps: Vec<StepLog>,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepLog {
+    /// The log's file name, `<n>-<step>.log`.
+    pub file: String,
+    /// The whole log's length.
+    pub bytes: u64,
+    /// Its last bytes: at most [`LOG_TAIL_BYTES_MAX`], all of it when `bytes`
+    /// is no more.
+    #[serde(with = "serde_bytes")]
+    pub tail: Vec<u8>,
+    /// SHA-256 of the whole log (hex) as `SHA256SUMS` recorded it at the
+    /// end of the job; `None` while it runs.
+    pub sha256: Option<String>,
+}
+
+impl JobLogs {
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.steps.len() > STEPS_MAX {
+            return Err("too many step logs");
+        }
+        let mut total = 0;
+        for s in &self.steps {
+            check_len(&s.file, TEXT_BYTES_MAX, "log file name too long")?;
+            if s.tail.len() > LOG_TAIL_BYTES_MAX || s.tail.len() as u64 > s.bytes {
+                return Err("log tail too long");
+            }
+            if s.sha256.as_ref().is_some_and(|h| h.len() != 64) {
+                return Err("log digest is not SHA-256 hex");
+            }
+            total += s.tail.len();
+        }
+        if total > LOGS_BYTES_MAX {
+            return Err("logs too long");
+        }
+        Ok(())
+    }
 }
 
 impl PeerRequest {
@@ -644,5 +696,25 @@ mod tests {
         let long_proof = vec![SignedBytes(vec![]); REPLICAS_MAX + 1];
         assert!(PeerRequest::State { proof: long_proof, state: vec![] }.check().is_err());
         assert!(PeerRequest::State { proof: vec![], state: vec![] }.check().is_ok());
+    }
+
+    #[test]
+    fn job_logs_over_their_bounds_fail_their_check() {
+        let step = |tail: usize, bytes: u64| StepLog {
+            file: "0-test.log".into(),
+            bytes,
+            tail: vec![b'x'; tail],
+            sha256: None,
+        };
+        let job = JobId { seq: 1, index: 0 };
+        let ok = JobLogs { job, steps: vec![step(LOG_TAIL_BYTES_MAX, 1 << 30); LOGS_BYTES_MAX / LOG_TAIL_BYTES_MAX] };
+        assert!(ok.check().is_ok());
+        let mut over = ok.clone();
+        over.steps.push(step(1, 1));
+        assert_eq!(over.check(), Err("logs too long"));
+        assert!(JobLogs { job, steps: vec![step(LOG_TAIL_BYTES_MAX + 1, 1 << 30)] }.check().is_err());
+        assert!(JobLogs { job, steps: vec![step(10, 9)] }.check().is_err());
+        let bad_sum = StepLog { sha256: Some("abc".into()), ..step(1, 1) };
+        assert!(JobLogs { job, steps: vec![bad_sum] }.check().is_err());
     }
 }
