@@ -139,6 +139,11 @@ struct RunArgs {
     /// docker: processes a step's container may hold.
     #[arg(long, value_name = "N", default_value_t = 512)]
     step_pids: i64,
+    /// Misbehave on purpose, for tests (built with the `fault-injection` feature only): `lie`,
+    /// `equivocate`, `silent`, `wrong-checkpoint` or `replay`.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "KIND")]
+    fault: Option<driver::fault::Fault>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -213,8 +218,17 @@ fn run_replica(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
         let executor = executor(&args, &me, membership.clone(), default_pipeline).await?;
-        let cfg =
-            NodeConfig { key, membership, listen, bootstrap: args.bootstrap, mdns, data_dir: args.data_dir, executor };
+        let cfg = NodeConfig {
+            key,
+            membership,
+            listen,
+            bootstrap: args.bootstrap,
+            mdns,
+            data_dir: args.data_dir,
+            executor,
+            #[cfg(feature = "fault-injection")]
+            fault: args.fault,
+        };
         driver::run(cfg, shutdown).await.map_err(anyhow::Error::from)
     })
 }

@@ -14,11 +14,13 @@
 //! (that is `net`'s).
 
 pub mod executor;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod logs;
 mod results;
 pub mod shutdown;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,11 +33,11 @@ use tracing::{debug, info, warn};
 
 use crate::membership::Membership;
 use crate::net::{Net, NetConfig, NetError, NetEvent, Opened, Role};
-use crate::pbft::{Batch, Config, Input, Millis, Note, Outbound, Ready, Replica, RestoreError, Target};
+use crate::pbft::{Batch, Config, Input, Message, Millis, Note, Outbound, Ready, Replica, RestoreError, Target};
 use crate::store::{Store, StoreError};
 use crate::wire::{
-    limits, Checkpoint, Digest, JobId, Operation, PeerRequest, PeerResponse, Reply, ReplyBody, Request, Signed,
-    SignedBytes,
+    limits, Checkpoint, Digest, Envelope, JobId, Operation, PeerRequest, PeerResponse, Reply, ReplyBody, Request,
+    Signed, SignedBytes,
 };
 pub use executor::{Abstain, Executor, JobFuture, NoneExecutor};
 pub use shutdown::Shutdown;
@@ -51,6 +53,8 @@ const HELD_REPLIES_MAX: usize = 4096;
 const ROUND_EVENTS_MAX: usize = 256;
 /// Replies one answer to a `Replies` request carries.
 const SERVED_REPLIES_MAX: usize = 64;
+/// Evidence lines remembered, so that a retransmitted proof is logged once.
+const EVIDENCE_SHOWN_MAX: usize = 4096;
 
 pub struct NodeConfig {
     pub key: Keypair,
@@ -60,6 +64,9 @@ pub struct NodeConfig {
     pub mdns: Option<bool>,
     pub data_dir: PathBuf,
     pub executor: Arc<dyn Executor>,
+    /// Misbehave on purpose (end-to-end tests of Byzantine replicas).
+    #[cfg(feature = "fault-injection")]
+    pub fault: Option<fault::Fault>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,9 +147,15 @@ struct Driver {
     replies: BTreeMap<PeerId, Vec<SignedBytes>>,
     /// Replies for gateways not connected, sent when they connect.
     held: HashMap<PeerId, VecDeque<SignedBytes>>,
+    /// The view (and whether changing it) the log last reported.
+    shown_view: (u64, bool),
+    /// Evidence already logged (replica, what it signed twice): each once.
+    shown_evidence: HashSet<(usize, String)>,
     /// Where the executor keeps step logs (`DATA_DIR/ci/logs`, as `pbft-node
     /// run` sets it up), served to gateways that ask.
     logs: PathBuf,
+    #[cfg(feature = "fault-injection")]
+    fault: fault::Injector,
 }
 
 impl Driver {
@@ -178,6 +191,12 @@ impl Driver {
         })?;
         let (done_tx, done_rx) = mpsc::channel(DONE_QUEUE_MAX);
         let started = Instant::now();
+        let shown_view = (replica.view(), replica.in_view_change());
+        #[cfg(feature = "fault-injection")]
+        let fault = {
+            let (network, n) = (cfg.membership.network_id(), cfg.membership.replicas.len());
+            fault::Injector::new(cfg.fault, key.clone(), network, replica.index(), n)
+        };
         let mut driver = Driver {
             replica,
             results: results::Writer::start(store.clone()),
@@ -195,7 +214,11 @@ impl Driver {
             done_rx,
             replies: BTreeMap::new(),
             held: HashMap::new(),
+            shown_view,
+            shown_evidence: HashSet::new(),
             logs: cfg.data_dir.join("ci").join("logs"),
+            #[cfg(feature = "fault-injection")]
+            fault,
         };
         let unfinished = driver.store.unfinished_jobs(RESUME_JOBS_MAX)?;
         if !unfinished.is_empty() {
@@ -226,7 +249,6 @@ impl Driver {
     /// it (batches recorded) until there are none, then sends the replies
     /// gathered this round.
     fn flush(&mut self) -> Result<(), DriverError> {
-        let (view, changing) = (self.replica.view(), self.replica.in_view_change());
         loop {
             let ready = self.replica.take_ready();
             self.handle(ready)?;
@@ -238,7 +260,11 @@ impl Driver {
             }
         }
         self.flush_replies();
-        if (view, changing) != (self.replica.view(), self.replica.in_view_change()) {
+        // Compared with what was last logged, not with the view at the start
+        // of this flush: the step that changed it ran before.
+        let view = (self.replica.view(), self.replica.in_view_change());
+        if view != self.shown_view {
+            self.shown_view = view;
             let primary = self.replica.view() % self.replicas.len() as u64;
             if self.replica.in_view_change() {
                 warn!(
@@ -268,6 +294,8 @@ impl Driver {
         if !ready.persist.is_empty() {
             self.store.persist(&ready.persist)?;
         }
+        #[cfg(feature = "fault-injection")]
+        let ready = self.fault.ready(self.replica.view(), ready);
         let mut point_to_point: BTreeMap<usize, Vec<SignedBytes>> = BTreeMap::new();
         for out in ready.messages {
             match out {
@@ -316,7 +344,7 @@ impl Driver {
         }
         for note in ready.notes {
             match note {
-                Note::Equivocation { replica, .. } => warn!(replica, "caught a replica equivocating"),
+                Note::Equivocation { replica, first, second } => self.evidence(replica, &first, &second),
                 Note::Diverged { seq } => warn!(seq, "2f + 1 replicas certified another state than ours"),
                 Note::StateTransferred { seq } => info!(seq, "state transfer: adopted the stable checkpoint"),
             }
@@ -325,6 +353,25 @@ impl Driver {
             self.wake.as_mut().reset(self.started + Duration::from_millis(at));
         }
         Ok(())
+    }
+
+    /// Logs, once per replica and slot, the two signed messages that prove
+    /// `replica` equivocated: anyone can check them against the membership.
+    fn evidence(&mut self, replica: usize, first: &[u8], second: &[u8]) {
+        let slot = slot_of(first);
+        if self.shown_evidence.len() >= EVIDENCE_SHOWN_MAX {
+            self.shown_evidence.clear();
+        }
+        if !self.shown_evidence.insert((replica, slot.clone())) {
+            return;
+        }
+        warn!(
+            replica,
+            "evidence: replica {replica} ({}) signed two conflicting {slot}: first {} second {}",
+            self.replicas.get(replica).map(PeerId::to_string).unwrap_or_default(),
+            hex::encode(first),
+            hex::encode(second),
+        );
     }
 
     fn execute(&mut self, batch: Batch) -> Result<(), DriverError> {
@@ -360,6 +407,11 @@ impl Driver {
     /// not, they go by gossip (other gateways relay) and are held until it
     /// connects.
     fn flush_replies(&mut self) {
+        #[cfg(feature = "fault-injection")]
+        if self.fault.silent() {
+            self.replies.clear();
+            return;
+        }
         for (gateway, items) in std::mem::take(&mut self.replies) {
             if self.net.is_connected(&gateway) {
                 for chunk in items.chunks(4 * limits::BATCH_REQUESTS_MAX) {
@@ -407,6 +459,8 @@ impl Driver {
     /// it is sent once stored.
     async fn on_job_done(&mut self, done: JobDone) {
         self.running.remove(&done.job);
+        #[cfg(feature = "fault-injection")]
+        let done = JobDone { outcome: self.fault.result(done.outcome), ..done };
         let req = &done.request.msg;
         let body = match done.outcome {
             Ok(result) => ReplyBody::Result { job: done.job, result },
@@ -475,8 +529,29 @@ impl Driver {
     }
 
     fn served_replies(&self, request: Digest) -> Result<Vec<SignedBytes>, DriverError> {
+        #[cfg(feature = "fault-injection")]
+        if self.fault.silent() {
+            return Ok(Vec::new());
+        }
         let mut replies: Vec<SignedBytes> = self.store.replies(request)?.into_iter().map(SignedBytes).collect();
         replies.truncate(SERVED_REPLIES_MAX);
         Ok(replies)
+    }
+}
+
+/// What a signed protocol message is, for evidence in logs: kind and slot.
+fn slot_of(bytes: &[u8]) -> String {
+    let Ok(env) = crate::wire::decode::<Envelope>(bytes, limits::ENVELOPE_BYTES_MAX) else {
+        return "undecodable messages".into();
+    };
+    let kind = env.kind;
+    match Message::from_envelope(env, bytes.into()) {
+        Ok(Message::PrePrepare(m)) => format!("{kind:?} for view {} seq {}", m.msg.view, m.msg.seq),
+        Ok(Message::Prepare(m)) => format!("{kind:?} for view {} seq {}", m.msg.view, m.msg.seq),
+        Ok(Message::Commit(m)) => format!("{kind:?} for view {} seq {}", m.msg.view, m.msg.seq),
+        Ok(Message::Checkpoint(m)) => format!("{kind:?} for seq {}", m.msg.seq),
+        Ok(Message::ViewChange(m)) => format!("{kind:?} for view {}", m.msg.view),
+        Ok(Message::NewView(m)) => format!("{kind:?} for view {}", m.msg.view),
+        Err(_) => format!("{kind:?}"),
     }
 }
