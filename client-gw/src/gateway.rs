@@ -232,7 +232,8 @@ impl Gateway {
         if job.cancel_of.is_some() {
             return Err(GatewayError::Conflict(format!("job {number} is a cancel request; it has nothing to rerun")));
         }
-        let sub = Submission { repo: job.repo, git_ref: job.git_ref, commit: job.commit, delivery: None };
+        let sub =
+            Submission { repo: job.repo, git_ref: job.git_ref, commit: job.commit, delivery: None, forge: job.forge };
         let (n, _) = self.accept(sub).await?;
         tracing::info!("job {n} reruns job {number}");
         Ok(n)

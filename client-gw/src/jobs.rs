@@ -26,7 +26,7 @@ use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::verdict::Decision;
-use crate::webhook::Submission;
+use crate::webhook::{Forge, Submission};
 
 pub const FILE_NAME: &str = "gateway.redb";
 const SCHEMA_VERSION: u64 = 1;
@@ -71,6 +71,9 @@ pub struct Job {
     /// are that job's).
     #[serde(default)]
     pub cancel_of: Option<u64>,
+    /// Where its commit statuses go (a GitHub or Gitea push).
+    #[serde(default)]
+    pub forge: Option<Forge>,
 }
 
 /// What `accept` did with one submission.
@@ -202,6 +205,7 @@ impl Jobs {
                     decision: None,
                     refused: None,
                     cancel_of: None,
+                    forge: sub.forge.clone(),
                 };
                 jobs.insert(number, wire::encode(&job).as_slice()).at(p)?;
                 pending.insert(number, ()).at(p)?;
@@ -243,6 +247,7 @@ impl Jobs {
                 decision: None,
                 refused: None,
                 cancel_of: Some(target.number),
+                forge: None,
             };
             tx.open_table(JOBS).at(p)?.insert(number, wire::encode(&job).as_slice()).at(p)?;
             tx.open_table(PENDING).at(p)?.insert(number, ()).at(p)?;
@@ -365,6 +370,7 @@ mod tests {
             git_ref: branch.into(),
             commit: None,
             delivery: delivery.map(Into::into),
+            forge: None,
         }
     }
 

@@ -15,12 +15,15 @@
 //!   certificate and logs), pure HTML with everything escaped.
 //! - [`relay`]: the gateway's side of the swarm: submit, collect signed
 //!   replies, apply the verdict rule, resubmit and refetch after a restart.
+//! - [`status`]: commit statuses posted back to GitHub or Gitea, retried,
+//!   never in the verdict's way.
 
 pub mod gateway;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod relay;
+pub mod status;
 pub mod ui;
 pub mod verdict;
 pub mod webhook;

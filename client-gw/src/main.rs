@@ -14,6 +14,7 @@ use clap::Parser;
 use pbft_gw::gateway::Gateway;
 use pbft_gw::jobs::Jobs;
 use pbft_gw::relay::{self, Collector, RelayConfig};
+use pbft_gw::status::{self, StatusConfig};
 use pbft_gw::webhook::IntakeConfig;
 use pbft_node::ci::git::GitConfig;
 use pbft_node::driver::Shutdown;
@@ -30,7 +31,8 @@ use pbft_node::{keys, logging};
     after_help = "Routes: POST /webHook (or /webhook) with {\"branch\": \"B\"} or a GitHub, Gitea/Forgejo or\n\
                   GitLab push event answers 202 {\"id\", \"status_url\"} (?wait=SECONDS waits for the verdict);\n\
                   GET /jobs, /jobs/ID, /jobs/ID/certificate (what `pbft-node verify` checks), /healthz, /metrics;\n\
-                  POST /jobs/ID/rerun and /jobs/ID/cancel (through consensus).\n\
+                  POST /jobs/ID/rerun and /jobs/ID/cancel (through consensus); GET / and a job's page for people.\n\
+                  With --status-token-file, GitHub and Gitea pushes get commit statuses (context pbft-ci).\n\
                   Logs go to stderr and to LOG_DIR/pbft-gw-<PeerId>.log; RUST_LOG filters them.\n\
                   SIGTERM or ctrl-c stops it; accepted jobs are kept in --data-dir and resumed at start.\n\n\
                   Example (a loopback testnet whose replica 0 listens on port 7000):\n  \
@@ -89,6 +91,22 @@ struct Cli {
     /// A URL scheme allowed besides https when pinning, repeatable (e.g. ssh, http, git).
     #[arg(long = "git-scheme", value_name = "SCHEME")]
     git_schemes: Vec<String>,
+    /// File holding a git host token (surrounding whitespace trimmed); when
+    /// set, GitHub and Gitea pushes get commit statuses (context `pbft-ci`):
+    /// pending at acceptance, then success, failure or error at the verdict.
+    #[arg(long, value_name = "FILE")]
+    status_token_file: Option<PathBuf>,
+    /// GitHub's REST API base for commit statuses (GitHub Enterprise: https://HOST/api/v3).
+    #[arg(long, value_name = "URL", default_value = "https://api.github.com")]
+    github_api: String,
+    /// Gitea's or Forgejo's API base for commit statuses, e.g. https://git.example.org/api/v1
+    /// [default: none; their pushes get no status].
+    #[arg(long, value_name = "URL")]
+    gitea_api: Option<String>,
+    /// The gateway's address as people reach it, for the statuses' links to job pages
+    /// [default: http://<--listen>].
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -128,6 +146,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("pbft-gw: warning: --repo {repo} is not on the membership's allow-list");
         }
     }
+    let status_token = match &cli.status_token_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let trimmed = text.trim();
+            anyhow::ensure!(!trimmed.is_empty(), "{} is empty: no status token", path.display());
+            Some(trimmed.to_string())
+        }
+    };
+    for (flag, url) in [("--github-api", Some(&cli.github_api)), ("--gitea-api", cli.gitea_api.as_ref())] {
+        if let Some(url) = url {
+            anyhow::ensure!(
+                url.starts_with("https://") || url.starts_with("http://"),
+                "{flag} {url}: an http(s) URL is needed"
+            );
+        }
+    }
+    let public_url = cli.public_url.clone().unwrap_or_else(|| format!("http://{}", cli.listen));
     let _guard = logging::init(&cli.log_dir, &format!("pbft-gw-{me}"))
         .with_context(|| format!("logging to {}", cli.log_dir.display()))?;
     let jobs = Arc::new(Jobs::open(&cli.data_dir)?);
@@ -140,7 +176,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
-        let collector = Collector::new(jobs.clone(), membership.clone(), Duration::from_secs(cli.verdict_deadline))?;
+        let mut collector =
+            Collector::new(jobs.clone(), membership.clone(), Duration::from_secs(cli.verdict_deadline))?;
         let pending = collector.pending_requests().len();
         let mut cfg = ClientConfig::new(key.clone(), membership.clone());
         cfg.bootstrap = cli.bootstrap;
@@ -153,7 +190,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             allow_file_urls: cli.allow_file_urls,
             schemes: cli.git_schemes,
         };
-        let (gateway, links) = Gateway::new(jobs, membership, key, intake, Some(pin));
+        let (gateway, links) = Gateway::new(jobs.clone(), membership, key, intake, Some(pin));
+        if let Some(token) = status_token {
+            let cfg = StatusConfig {
+                token,
+                github_api: cli.github_api,
+                gitea_api: cli.gitea_api,
+                public_url,
+                attempts: 5,
+                retry_delay: Duration::from_secs(2),
+            };
+            collector.post_statuses(status::start(cfg, jobs, links.metrics.clone()));
+        }
         let listener =
             tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("listening on {}", cli.listen))?;
         tracing::info!(

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::gateway::{now_ms, RelayLinks};
 use crate::jobs::{Job, Jobs, JobsError};
 use crate::metrics::Metrics;
+use crate::status::{Note, Notes};
 use crate::verdict::{decide, Decision, Verdict, Vote};
 
 /// Jobs whose replies one sweep asks the replicas for.
@@ -45,13 +46,14 @@ pub struct Collector {
     deadline: Duration,
     tracked: HashMap<u64, Tracked>,
     metrics: Arc<Metrics>,
+    statuses: Option<Notes>,
 }
 
 impl Collector {
     /// Follows every job of the store without a verdict.
     pub fn new(jobs: Arc<Jobs>, membership: Arc<Membership>, deadline: Duration) -> Result<Collector, JobsError> {
         let metrics = Arc::new(Metrics::new(membership.replicas.len()));
-        let mut c = Collector { jobs, membership, deadline, tracked: HashMap::new(), metrics };
+        let mut c = Collector { jobs, membership, deadline, tracked: HashMap::new(), metrics, statuses: None };
         for number in c.jobs.pending()? {
             if let Some(job) = c.jobs.get(number)? {
                 c.load(&job)?;
@@ -65,11 +67,32 @@ impl Collector {
         self.metrics = metrics;
     }
 
-    /// A verdict given to job `number` (stored); `first_since_ms`: when it
-    /// was accepted, if this is its first verdict.
-    fn given(&self, _number: u64, verdict: Verdict, first_since_ms: Option<u64>, now_ms: u64) {
+    /// Tells the commit status poster of acceptances and verdicts from now on.
+    pub fn post_statuses(&mut self, notes: Notes) {
+        self.statuses = Some(notes);
+    }
+
+    /// A verdict given to job `number` (stored), resting on `decision`'s
+    /// results; `first_since_ms`: when it was accepted, if this is its
+    /// first verdict.
+    fn given(
+        &self,
+        number: u64,
+        decision: &Decision,
+        votes: &BTreeMap<usize, Vote>,
+        first_since_ms: Option<u64>,
+        now_ms: u64,
+    ) {
         let latency = first_since_ms.map(|at| Duration::from_millis(now_ms.saturating_sub(at)));
-        self.metrics.verdict(verdict, latency);
+        self.metrics.verdict(decision.verdict, latency);
+        if let Some(notes) = &self.statuses {
+            let agreeing = votes
+                .values()
+                .filter(|v| matches!(v, Vote::Result { digest, .. } if decision.results.first() == Some(digest)))
+                .count();
+            let n = self.membership.replicas.len();
+            notes.send(Note::Verdict { number, verdict: decision.verdict, agreeing, answered: votes.len(), n });
+        }
     }
 
     /// Jobs followed (no verdict yet), oldest first, with their signed
@@ -113,7 +136,13 @@ impl Collector {
 
     /// Starts following a job just accepted.
     pub fn track(&mut self, number: u64, request: Digest, accepted_ms: u64) {
-        self.tracked.entry(number).or_insert(Tracked { request, accepted_ms, votes: BTreeMap::new(), decision: None });
+        if self.tracked.contains_key(&number) {
+            return;
+        }
+        self.tracked.insert(number, Tracked { request, accepted_ms, votes: BTreeMap::new(), decision: None });
+        if let Some(notes) = &self.statuses {
+            notes.send(Note::Accepted { number });
+        }
     }
 
     /// Takes a reply the client checked (signed by replica `replica`,
@@ -158,9 +187,8 @@ impl Collector {
             let d = decision.clone().expect("a verdict once given stays");
             info!("job {number}: {}", d.verdict.as_str());
             let first = t.decision.is_none().then_some(t.accepted_ms);
-            let verdict = d.verdict;
-            self.jobs.update(number, |j| j.decision = Some(d))?;
-            self.given(number, verdict, first, now_ms);
+            self.jobs.update(number, |j| j.decision = Some(d.clone()))?;
+            self.given(number, &d, &t.votes, first, now_ms);
         }
         if decision.is_some() {
             // A late reply to a decided job loads it again from the store.
@@ -178,9 +206,9 @@ impl Collector {
         let Some(target_job) = self.jobs.get(target)?.filter(|t| t.decision.is_none()) else { return Ok(false) };
         info!("job {target}: cancelled (cancel request {number} ordered as {job})");
         let d = Decision { verdict: Verdict::Cancelled, results: Vec::new() };
-        self.jobs.update(target, |t| t.decision = Some(d))?;
-        self.tracked.remove(&target);
-        self.given(target, Verdict::Cancelled, Some(target_job.accepted_ms), now_ms());
+        self.jobs.update(target, |t| t.decision = Some(d.clone()))?;
+        let votes = self.tracked.remove(&target).map(|t| t.votes).unwrap_or_default();
+        self.given(target, &d, &votes, Some(target_job.accepted_ms), now_ms());
         Ok(true)
     }
 
@@ -193,9 +221,9 @@ impl Collector {
         let d = Decision { verdict: Verdict::Undecided, results: Vec::new() };
         self.jobs.update(number, |j| {
             j.refused = Some(format!("{reason:?}"));
-            j.decision = Some(d);
+            j.decision = Some(d.clone());
         })?;
-        self.given(number, Verdict::Undecided, Some(t.accepted_ms), now_ms());
+        self.given(number, &d, &t.votes, Some(t.accepted_ms), now_ms());
         Ok(true)
     }
 
@@ -382,6 +410,7 @@ mod tests {
                 git_ref: "master".into(),
                 commit: Some("ab".repeat(20)),
                 delivery: None,
+                forge: None,
             };
             let network = self.membership.network_id();
             let sign = |number: u64, s: &crate::webhook::Submission| {

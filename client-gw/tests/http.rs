@@ -667,3 +667,89 @@ async fn pages_for_people_show_votes_certificate_and_logs_with_everything_escape
     assert_eq!(logs["replicas"][1]["steps"][0]["verified"], true);
     assert_eq!(logs["replicas"][1]["steps"][0]["tail"], "step 1 says <script>alert(3)</script>\n");
 }
+
+/// What the stand-in git host received: (path, authorization, user agent, JSON body).
+type Received = Arc<std::sync::Mutex<Vec<(String, String, String, Value)>>>;
+
+/// A git host's status API on 127.0.0.1 that records every request and
+/// answers the first one with 502, the others with 201.
+async fn git_host() -> (SocketAddr, Received) {
+    let received: Received = Default::default();
+    let seen = received.clone();
+    let app = Router::new().fallback(move |req: axum::extract::Request| {
+        let seen = seen.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let header =
+                |name: &str| parts.headers.get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+            let (auth, agent, path) = (header("authorization"), header("user-agent"), parts.uri.path().to_string());
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+            let mut seen = seen.lock().unwrap();
+            seen.push((path, auth, agent, serde_json::from_slice(&body).unwrap()));
+            if seen.len() == 1 {
+                StatusCode::BAD_GATEWAY
+            } else {
+                StatusCode::CREATED
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_statuses_go_to_the_git_host_pending_then_the_verdict_retried_past_a_failure() {
+    use pbft_gw::status::{self, StatusConfig};
+
+    let (addr, received) = git_host().await;
+    let mut h = harness(None);
+    let mut collector = Collector::new(h.jobs.clone(), h.membership.clone(), Duration::from_secs(600)).unwrap();
+    let cfg = StatusConfig {
+        token: "tok-123".into(),
+        github_api: format!("http://{addr}/api/v3/"),
+        gitea_api: None,
+        public_url: "https://ci.example.org/".into(),
+        attempts: 3,
+        retry_delay: Duration::from_millis(50),
+    };
+    collector.post_statuses(status::start(cfg, h.jobs.clone(), h.links.metrics.clone()));
+
+    // A push, then three matching results: pending, then success.
+    assert_eq!(h.send(github(GITHUB_PUSH, "d-status", SECRET)).await.0, StatusCode::ACCEPTED);
+    let req = h.relayed().unwrap();
+    collector.track(req.msg.number, req.msg.digest(), pbft_gw::gateway::now_ms());
+    let passed = NoneExecutor::result(&req.msg);
+    for i in [0, 2, 3] {
+        collector.on_reply(i, &h.result(i, &req.msg, &passed), pbft_gw::gateway::now_ms()).unwrap();
+    }
+    // A proof-of-concept call names no host: no status, whatever its verdict.
+    h.send(poc(r#"{"branch": "master", "commit": "0123456789abcdef0123456789abcdef01234567"}"#)).await;
+    let poc_req = h.relayed().unwrap();
+    collector.track(poc_req.msg.number, poc_req.msg.digest(), pbft_gw::gateway::now_ms());
+    let poc_passed = NoneExecutor::result(&poc_req.msg);
+    for i in [0, 1, 2] {
+        collector.on_reply(i, &h.result(i, &poc_req.msg, &poc_passed), pbft_gw::gateway::now_ms()).unwrap();
+    }
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while received.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = received.lock().unwrap().clone();
+    let states: Vec<&str> = got.iter().map(|r| r.3["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["pending", "pending", "success"], "the 502 is retried, the verdict comes after: {got:#?}");
+    for (path, auth, agent, body) in &got {
+        assert_eq!(path, "/api/v3/repos/Codertocat/Hello-World/statuses/0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c");
+        assert_eq!(auth, "Bearer tok-123");
+        assert!(agent.starts_with("pbft-gw/"), "{agent}");
+        assert_eq!(body["context"], "pbft-ci");
+        assert_eq!(body["target_url"], "https://ci.example.org/jobs/1");
+    }
+    assert_eq!(got[2].3["description"], "passed: 3 of 4 replicas signed this result");
+    let (_, text) = scrape(&h).await;
+    assert_eq!(sample(&text, "pbft_gw_commit_statuses_total{state=\"pending\",result=\"sent\"}"), Some(1.0));
+    assert_eq!(sample(&text, "pbft_gw_commit_statuses_total{state=\"success\",result=\"sent\"}"), Some(1.0));
+}

@@ -20,6 +20,7 @@ struct Event {
 #[derive(Deserialize)]
 struct Repository {
     clone_url: String,
+    full_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -43,5 +44,6 @@ pub(super) fn push(json: &[u8], provider: &str) -> Result<Push, IntakeError> {
         deleted: e.deleted,
         repo: e.repository.clone_url,
         head_message,
+        full_name: e.repository.full_name,
     })
 }

@@ -40,5 +40,13 @@ pub(super) fn push(json: &[u8]) -> Result<Push, IntakeError> {
         .ok_or_else(|| invalid("GitLab push event without project.git_http_url"))?;
     let head = e.checkout_sha.clone().unwrap_or_else(|| e.after.clone());
     let head_message = e.commits.into_iter().find(|c| c.id == head).map(|c| c.message);
-    Ok(Push { git_ref: e.git_ref, after: e.after, commit: e.checkout_sha, deleted: false, repo, head_message })
+    Ok(Push {
+        git_ref: e.git_ref,
+        after: e.after,
+        commit: e.checkout_sha,
+        deleted: false,
+        repo,
+        head_message,
+        full_name: None,
+    })
 }

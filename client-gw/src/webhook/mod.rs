@@ -36,6 +36,38 @@ pub struct Submission {
     pub commit: Option<String>,
     /// The git host's delivery id: a redelivery carries the same one.
     pub delivery: Option<String>,
+    /// Where the commit's status goes, for events of a host with a
+    /// commit status API.
+    pub forge: Option<Forge>,
+}
+
+/// A repository on a git host that takes commit statuses.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Forge {
+    pub kind: ForgeKind,
+    /// `owner/name`, checked to be safe in a URL path.
+    pub repo: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ForgeKind {
+    GitHub,
+    /// Gitea and Forgejo (the same status API).
+    Gitea,
+}
+
+/// `owner/name` as GitHub and Gitea allow them (letters, digits, `.`, `-`,
+/// `_`): nothing that could change the API path it is put into.
+fn forge_repo(full_name: &str) -> Option<String> {
+    let (owner, name) = full_name.split_once('/')?;
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 100
+            && p != "."
+            && p != ".."
+            && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    (part_ok(owner) && part_ok(name)).then(|| full_name.to_string())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,7 +146,16 @@ pub fn intake(cfg: &IntakeConfig, headers: &HeaderMap, body: &[u8], encoding: En
         (Provider::GitLab, "Push Hook" | "Tag Push Hook") => gitlab::push(&json)?,
         (p, other) => return Ok(Intake::Skip(format!("{} {other:?} events are not run", provider_name(p)))),
     };
-    push.decide(cfg, delivery)
+    let kind = match provider {
+        Provider::GitHub => Some(ForgeKind::GitHub),
+        Provider::Gitea => Some(ForgeKind::Gitea),
+        Provider::GitLab => None,
+    };
+    let forge = kind.zip(push.full_name.as_deref().and_then(forge_repo)).map(|(kind, repo)| Forge { kind, repo });
+    Ok(match push.decide(cfg, delivery)? {
+        Intake::Run(sub) => Intake::Run(Submission { forge, ..sub }),
+        skip => skip,
+    })
 }
 
 fn provider_name(p: Provider) -> &'static str {
@@ -227,6 +268,8 @@ struct Push {
     deleted: bool,
     repo: String,
     head_message: Option<String>,
+    /// The repository's `owner/name` on its host (GitHub, Gitea).
+    full_name: Option<String>,
 }
 
 impl Push {
@@ -243,7 +286,13 @@ impl Push {
         }
         let commit = check_commit(self.commit.as_deref().unwrap_or(&self.after))?;
         check_repo(&self.repo)?;
-        Ok(Intake::Run(Submission { repo: self.repo, git_ref: self.git_ref, commit: Some(commit), delivery }))
+        Ok(Intake::Run(Submission {
+            repo: self.repo,
+            git_ref: self.git_ref,
+            commit: Some(commit),
+            delivery,
+            forge: None,
+        }))
     }
 }
 

@@ -27,5 +27,5 @@ pub(super) fn intake(cfg: &IntakeConfig, json: &[u8]) -> Result<Intake, IntakeEr
     }
     check_ref(&call.branch)?;
     let commit = call.commit.as_deref().map(check_commit).transpose()?;
-    Ok(Intake::Run(Submission { repo: own.clone(), git_ref: call.branch, commit, delivery: None }))
+    Ok(Intake::Run(Submission { repo: own.clone(), git_ref: call.branch, commit, delivery: None, forge: None }))
 }
