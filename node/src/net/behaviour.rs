@@ -8,9 +8,10 @@ use libp2p::gossipsub::{
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{identify, kad, mdns, StreamProtocol};
+use libp2p::{identify, kad, mdns, ping, StreamProtocol};
 use libp2p_identity::Keypair;
 
+use super::liveness::{PING_INTERVAL, PING_TIMEOUT};
 use super::topics::Channel;
 use crate::pbft::state::STATE_BYTES_MAX;
 use crate::wire::{limits, Digest, NetworkId, PeerRequest, PeerResponse};
@@ -25,6 +26,7 @@ const PEER_RESPONSE_BYTES_MAX: u64 = (4 * limits::ENVELOPE_BYTES_MAX) as u64;
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub identify: identify::Behaviour,
@@ -99,7 +101,14 @@ impl Behaviour {
                 .with_max_concurrent_streams(1024),
         );
 
-        Ok(Behaviour { gossipsub, kad, identify, mdns: mdns.into(), peers })
+        Ok(Behaviour {
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT)),
+            gossipsub,
+            kad,
+            identify,
+            mdns: mdns.into(),
+            peers,
+        })
     }
 }
 

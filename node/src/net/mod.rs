@@ -2,7 +2,8 @@
 //! and `Keypair`. Replicas and gateways (and test observers) run the same
 //! swarm in different [`Role`]s.
 //!
-//! - Transport: TCP + Noise + Yamux.
+//! - Transport: TCP + Noise + Yamux ([`transport`]), dials and handshakes
+//!   bounded in time.
 //! - Broadcast: gossipsub, signed by the publisher's libp2p key
 //!   (`MessageAuthenticity::Signed`, strict validation) and, before anything
 //!   is accepted or forwarded, opened by [`validate`]: right network, within
@@ -15,6 +16,10 @@
 //!   beyond loopback. Who counts is never decided here: only the membership
 //!   names replicas and gateways. Replicas that drop are dialled again with
 //!   backoff ([`dialer`]).
+//! - Liveness: every connection is pinged each second, and one that stops
+//!   answering is closed within seconds ([`liveness`]), so the dialers
+//!   reconnect once the path is back instead of waiting out TCP's
+//!   retransmissions.
 //!
 //! It never touches the consensus core or the store: the driver
 //! ([`crate::driver`]) and the gateway client ([`client`]) turn its
@@ -23,7 +28,9 @@
 mod behaviour;
 pub mod client;
 mod dialer;
+mod liveness;
 mod topics;
+mod transport;
 mod validate;
 
 use std::collections::{HashMap, VecDeque};
@@ -35,13 +42,14 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{DialError, SwarmEvent};
-use libp2p::{identify, kad, mdns, noise, tcp, yamux, Multiaddr, Swarm, SwarmBuilder};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::{identify, kad, mdns, ping, Multiaddr, Swarm, SwarmBuilder};
 use libp2p_identity::{Keypair, PeerId};
 use tracing::{debug, info, warn};
 
 use behaviour::{Behaviour, BehaviourEvent};
 use dialer::Dialer;
+use liveness::Liveness;
 pub use topics::Channel;
 use validate::Recent;
 pub use validate::{open, Invalid, Opened};
@@ -162,6 +170,7 @@ pub struct Net {
     last_kad_bootstrap: Option<Instant>,
     protocol_version: String,
     recent: Recent,
+    liveness: Liveness,
 }
 
 fn parse_addr(addr: &str) -> Result<Multiaddr, NetError> {
@@ -188,9 +197,10 @@ impl Net {
         let me = cfg.key.public().to_peer_id();
         let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
         let behaviour = Behaviour::new(&cfg.key, &network, mdns).map_err(NetError::Setup)?;
+        let transport = transport::tcp_noise_yamux(&cfg.key).map_err(|e| setup(&e))?;
         let mut swarm = SwarmBuilder::with_existing_identity(cfg.key.clone())
             .with_tokio()
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .with_other_transport(|_| transport)
             .map_err(|e| setup(&e))?
             .with_behaviour(|_| behaviour)
             .map_err(|e| setup(&e))?
@@ -246,6 +256,7 @@ impl Net {
             protocol_version: behaviour::protocol_version(&network),
             recent: Recent::new(RECENT_MAX),
             membership: cfg.membership,
+            liveness: Liveness::default(),
         })
     }
 
@@ -315,14 +326,20 @@ impl Net {
 
     fn maintain(&mut self) {
         let now = Instant::now();
+        for (id, peer, silence) in self.liveness.silent(now) {
+            self.close_dead(id, peer, &format!("no answer to a ping for {:.1} s", silence.as_secs_f64()));
+        }
         let plan = self.dialer.plan(now);
         for (peer, addresses) in plan.dial {
             let opts = DialOpts::peer_id(peer)
                 .addresses(addresses)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                debug!(%peer, "dial: {e}");
+            match self.swarm.dial(opts) {
+                // A dial to it is under way already (a silent host takes
+                // seconds to fail one).
+                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+                Err(e) => debug!(%peer, "dial: {e}"),
             }
         }
         for peer in plan.look_up {
@@ -347,6 +364,14 @@ impl Net {
         }
     }
 
+    /// Closes a connection that stopped carrying anything; once it is gone
+    /// the dialer (ours, or the peer's) connects again.
+    fn close_dead(&mut self, id: ConnectionId, peer: PeerId, why: &str) {
+        if self.swarm.close_connection(id) {
+            info!(%peer, "closing a dead connection: {why}");
+        }
+    }
+
     fn is_member(&self, peer: &PeerId) -> bool {
         self.membership.replica_index(peer).is_some() || self.membership.is_gateway_peer(peer)
     }
@@ -358,7 +383,7 @@ impl Net {
             return;
         }
         self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-        self.dialer.learn(&peer, addr);
+        self.dialer.learn(&peer, addr, Instant::now());
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -368,17 +393,21 @@ impl Net {
                 info!(%addr, "listening");
                 self.pending.push_back(NetEvent::Listening { addr });
             }
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. }
-                if num_established.get() == 1 =>
-            {
-                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                self.dialer.on_connected(&peer_id);
-                self.pending.push_back(NetEvent::Connected { peer: peer_id });
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, num_established, endpoint, .. } => {
+                self.liveness.on_established(connection_id, peer_id, Instant::now());
+                if num_established.get() == 1 {
+                    debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                    self.dialer.on_connected(&peer_id, Instant::now());
+                    self.pending.push_back(NetEvent::Connected { peer: peer_id });
+                }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                debug!(peer = %peer_id, "disconnected");
-                self.dialer.on_disconnected(&peer_id, Instant::now());
-                self.pending.push_back(NetEvent::Disconnected { peer: peer_id });
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
+                self.liveness.on_closed(connection_id);
+                if num_established == 0 {
+                    debug!(peer = %peer_id, "disconnected: {}", cause.map_or("closed".into(), |e| e.to_string()));
+                    self.dialer.on_disconnected(&peer_id, Instant::now());
+                    self.pending.push_back(NetEvent::Disconnected { peer: peer_id });
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 debug!(%peer, "dial failed: {error}");
@@ -398,6 +427,17 @@ impl Net {
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
+            BehaviourEvent::Ping(ping::Event { peer, connection, result }) => match result {
+                Ok(_rtt) => self.liveness.on_answer(connection, Instant::now()),
+                Err(ping::Failure::Unsupported) => {
+                    debug!(%peer, "peer does not answer pings: its connection is not watched");
+                    self.liveness.exempt(connection);
+                }
+                Err(e) => {
+                    self.liveness.on_closed(connection);
+                    self.close_dead(connection, peer, &e.to_string());
+                }
+            },
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message }) => {
                 let channel = self.topics.get(&message.topic).copied();
                 let verdict = match channel {
@@ -433,7 +473,7 @@ impl Net {
             BehaviourEvent::Identify(_) => {}
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }) => {
                 for addr in addresses.iter() {
-                    self.dialer.learn(&peer, addr.clone());
+                    self.dialer.learn(&peer, addr.clone(), Instant::now());
                 }
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { result, .. }) => {
@@ -444,7 +484,7 @@ impl Net {
                 };
                 for info in peers {
                     for addr in info.addrs {
-                        self.dialer.learn(&info.peer_id, addr);
+                        self.dialer.learn(&info.peer_id, addr, Instant::now());
                     }
                 }
             }
