@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use pbft_node::net::client::{Client, ClientEvent};
-use pbft_node::net::Channel;
+use pbft_node::net::{Channel, NON_MEMBERS_MAX};
 use pbft_node::pbft::Message;
 use pbft_node::store::Store;
 use pbft_node::wire::{limits, Digest, JobId, Operation, ReplyBody};
@@ -321,4 +321,62 @@ async fn a_killed_primary_is_replaced_by_a_view_change_and_catches_up_on_restart
     for (job, record) in &logs[0].1 {
         assert_eq!(logs[1].1.get(job), Some(record), "job {job} differs on the old primary");
     }
+}
+
+/// Twenty peers outside the membership dial the replicas and keep dialling.
+/// Each replica admits a few of them ([`NON_MEMBERS_MAX`] in all) and
+/// refuses the rest once the Noise handshake names them; members still
+/// connect, and ordering goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_members_get_a_few_connections_and_members_still_connect_and_order() {
+    const OUTSIDERS: usize = 20;
+    let started = Instant::now();
+    // Gateways: 0 submits from the start, 1 joins once the outsiders are in.
+    let mut net = Testnet::new(2);
+    net.start_all();
+    let mut client = net.client(0, false);
+    wait_connected(&client, Duration::from_secs(30)).await;
+
+    let outsiders: Vec<Client> =
+        (0..OUTSIDERS).map(|_| net.client_with_key(libp2p_identity::Keypair::generate_ed25519(), false)).collect();
+    // Long enough for the admitted ones to find every replica, and for the
+    // refused ones to come back a few times (their dialers back off to 2 s).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // A refused connection lives for a moment on the outsider's side: the
+    // least seen over a few looks is what stays connected.
+    let mut held = usize::MAX;
+    for _ in 0..5 {
+        let mut now = 0;
+        for o in &outsiders {
+            now += o.connected_replicas().await;
+        }
+        held = held.min(now);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(held <= 4 * NON_MEMBERS_MAX, "{held} outsider connections held, over 4 × {NON_MEMBERS_MAX}");
+    assert!(held >= NON_MEMBERS_MAX, "only {held} outsider connections: a few are admitted, not none");
+
+    // A member connects whatever the outsiders hold, and requests are
+    // ordered and run by every replica.
+    let late = net.client(1, false);
+    wait_connected(&late, Duration::from_secs(15)).await;
+    let requests = submit(&client, 1..21).await;
+    let mut seen = Seen::default();
+    until(&mut client, &mut seen, Duration::from_secs(30), "ordered and run by all four", |s| {
+        s.all_ordered(&requests) && s.all_results_from(&requests, &[0, 1, 2, 3])
+    })
+    .await;
+    for c in outsiders.into_iter().chain([client, late]) {
+        c.shutdown().await;
+    }
+    net.stop_all();
+    for i in 0..4 {
+        let (_, jobs) = job_log(&net.data_dir(i));
+        assert_eq!(jobs.len(), requests.len(), "replica {i} ordered every request");
+    }
+    eprintln!(
+        "{OUTSIDERS} outsiders held {held} connections to the 4 replicas (at most {NON_MEMBERS_MAX} each); \
+         a member joined and 20 requests were ordered by all 4; test took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }

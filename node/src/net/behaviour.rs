@@ -1,5 +1,6 @@
 //! The one composed libp2p behaviour and its parameters.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::gossipsub::{
@@ -8,11 +9,13 @@ use libp2p::gossipsub::{
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{identify, kad, mdns, ping, StreamProtocol};
+use libp2p::{connection_limits, identify, kad, mdns, ping, StreamProtocol};
 use libp2p_identity::Keypair;
 
+use super::admission::{self, Admission};
 use super::liveness::{PING_INTERVAL, PING_TIMEOUT};
 use super::topics::Channel;
+use crate::membership::Membership;
 use crate::pbft::state::STATE_BYTES_MAX;
 use crate::wire::{limits, Digest, NetworkId, PeerRequest, PeerResponse};
 
@@ -24,8 +27,13 @@ pub const GOSSIP_TRANSMIT_BYTES_MAX: usize = 2 * limits::ENVELOPE_BYTES_MAX;
 const PEER_REQUEST_BYTES_MAX: u64 = (STATE_BYTES_MAX + 2 * limits::ENVELOPE_BYTES_MAX) as u64;
 const PEER_RESPONSE_BYTES_MAX: u64 = (4 * limits::ENVELOPE_BYTES_MAX) as u64;
 
+// The limits come first: the derived behaviour asks its members in this
+// order whether to admit a connection, and stops at the first refusal,
+// before any other has set up anything for it.
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    pub limits: connection_limits::Behaviour,
+    pub admission: Admission,
     pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -41,7 +49,12 @@ pub(super) fn protocol_version(network: &NetworkId) -> String {
 }
 
 impl Behaviour {
-    pub fn new(key: &Keypair, network: &NetworkId, mdns: bool) -> Result<Behaviour, String> {
+    pub fn new(
+        key: &Keypair,
+        network: &NetworkId,
+        membership: Arc<Membership>,
+        mdns: bool,
+    ) -> Result<Behaviour, String> {
         let peer_id = key.public().to_peer_id();
         let net = network.short();
 
@@ -102,6 +115,8 @@ impl Behaviour {
         );
 
         Ok(Behaviour {
+            limits: admission::limits(),
+            admission: Admission::new(membership),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT)),
             gossipsub,
             kad,

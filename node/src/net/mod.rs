@@ -20,11 +20,14 @@
 //!   answering is closed within seconds ([`liveness`]), so the dialers
 //!   reconnect once the path is back instead of waiting out TCP's
 //!   retransmissions.
+//! - Admission: members always connect; non-members get a few connections
+//!   in all ([`admission`]).
 //!
 //! It never touches the consensus core or the store: the driver
 //! ([`crate::driver`]) and the gateway client ([`client`]) turn its
 //! [`NetEvent`]s into calls.
 
+mod admission;
 mod behaviour;
 pub mod client;
 mod dialer;
@@ -47,6 +50,7 @@ use libp2p::{identify, kad, mdns, ping, Multiaddr, Swarm, SwarmBuilder};
 use libp2p_identity::{Keypair, PeerId};
 use tracing::{debug, info, warn};
 
+pub use admission::NON_MEMBERS_MAX;
 use behaviour::{Behaviour, BehaviourEvent};
 use dialer::Dialer;
 use liveness::Liveness;
@@ -196,7 +200,7 @@ impl Net {
         let network = cfg.membership.network_id();
         let me = cfg.key.public().to_peer_id();
         let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
-        let behaviour = Behaviour::new(&cfg.key, &network, mdns).map_err(NetError::Setup)?;
+        let behaviour = Behaviour::new(&cfg.key, &network, cfg.membership.clone(), mdns).map_err(NetError::Setup)?;
         let transport = transport::tcp_noise_yamux(&cfg.key).map_err(|e| setup(&e))?;
         let mut swarm = SwarmBuilder::with_existing_identity(cfg.key.clone())
             .with_tokio()
@@ -382,7 +386,11 @@ impl Net {
         if peer == self.local_peer_id() {
             return;
         }
-        self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        // Only members: Kademlia is there to find them, and would otherwise
+        // dial whatever mDNS heard of on the LAN during its queries.
+        if self.is_member(&peer) {
+            self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
         self.dialer.learn(&peer, addr, Instant::now());
     }
 
@@ -427,6 +435,7 @@ impl Net {
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
+            BehaviourEvent::Limits(never) | BehaviourEvent::Admission(never) => match never {},
             BehaviourEvent::Ping(ping::Event { peer, connection, result }) => match result {
                 Ok(_rtt) => self.liveness.on_answer(connection, Instant::now()),
                 Err(ping::Failure::Unsupported) => {
