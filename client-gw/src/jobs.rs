@@ -312,6 +312,15 @@ impl Jobs {
         Ok(out)
     }
 
+    /// Replica `replica`'s final reply to job `number`, if one is stored.
+    pub fn reply(&self, number: u64, replica: usize) -> Result<Option<Vec<u8>>, JobsError> {
+        let p = &self.path;
+        let tx = self.db.begin_read().at(p)?;
+        let table = tx.open_table(REPLIES).at(p)?;
+        let row = table.get((number, replica as u32)).at(p)?;
+        Ok(row.map(|v| v.value().to_vec()))
+    }
+
     /// Stores replica `replica`'s final reply to job `number` unless it gave
     /// one already (a replica's first word counts); returns whether it was new.
     pub fn record_reply(&self, number: u64, replica: usize, bytes: &[u8]) -> Result<bool, JobsError> {
@@ -416,6 +425,8 @@ mod tests {
         assert!(jobs.record_reply(1, 2, b"first").unwrap());
         assert!(!jobs.record_reply(1, 2, b"second").unwrap());
         assert!(jobs.record_reply(1, 0, b"other").unwrap());
+        assert_eq!(jobs.reply(1, 2).unwrap().as_deref(), Some(&b"first"[..]));
+        assert_eq!(jobs.reply(1, 1).unwrap(), None);
         let replies = jobs.replies(1).unwrap();
         assert_eq!(replies, BTreeMap::from([(0, b"other".to_vec()), (2, b"first".to_vec())]));
         assert!(jobs.replies(2).unwrap().is_empty());

@@ -13,6 +13,8 @@
 //!   index (membership order) and kind;
 //! - `pbft_gw_replicas_connected`, `pbft_gw_replicas`: connected replicas, and
 //!   how many the membership lists;
+//! - `pbft_gw_evidence_total{replica}`: replicas caught signing two
+//!   different results for one job (the two signed replies are logged);
 //! - `pbft_gw_commit_statuses_total{state, result}`: commit statuses posted
 //!   to the git host (`sent`, or `failed` after the last retry).
 
@@ -56,6 +58,11 @@ struct ReplyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    replica: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     state: &'static str,
     result: &'static str,
@@ -89,6 +96,7 @@ pub struct Metrics {
     replies: Family<ReplyLabels, Counter>,
     connected: Gauge,
     statuses: Family<StatusLabels, Counter>,
+    evidence: Family<ReplicaLabels, Counter>,
 }
 
 impl Metrics {
@@ -115,7 +123,9 @@ impl Metrics {
         registry.register("replicas", "Replicas in the membership", total);
         let statuses = Family::<StatusLabels, Counter>::default();
         registry.register("commit_statuses", "Commit statuses posted to the git host", statuses.clone());
-        Metrics { registry, webhooks, verdicts, latency, replies, connected, statuses }
+        let evidence = Family::<ReplicaLabels, Counter>::default();
+        registry.register("evidence", "Replicas caught signing two different results for one job", evidence.clone());
+        Metrics { registry, webhooks, verdicts, latency, replies, connected, statuses, evidence }
     }
 
     pub fn webhook(&self, outcome: WebhookOutcome, status: u16) {
@@ -132,6 +142,11 @@ impl Metrics {
 
     pub fn reply(&self, replica: usize, kind: &'static str) {
         self.replies.get_or_create(&ReplyLabels { replica: replica as u32, kind }).inc();
+    }
+
+    /// Replica `replica` was caught signing two different results for one job.
+    pub fn evidence(&self, replica: usize) {
+        self.evidence.get_or_create(&ReplicaLabels { replica: replica as u32 }).inc();
     }
 
     pub fn set_connected(&self, replicas: usize) {
@@ -166,6 +181,7 @@ mod tests {
         m.reply(2, "result");
         m.set_connected(3);
         m.commit_status("pending", true);
+        m.evidence(1);
         let text = m.encode();
         for line in [
             "pbft_gw_webhooks_total{outcome=\"rejected\",status=\"401\"} 1",
@@ -178,6 +194,7 @@ mod tests {
             "pbft_gw_replicas_connected 3",
             "pbft_gw_replicas 4",
             "pbft_gw_commit_statuses_total{state=\"pending\",result=\"sent\"} 1",
+            "pbft_gw_evidence_total{replica=\"1\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");
         }

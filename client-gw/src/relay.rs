@@ -11,7 +11,7 @@
 //! are reachable, their stored replies are fetched: nothing accepted before
 //! a crash is lost.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +27,19 @@ use crate::metrics::Metrics;
 use crate::status::{Note, Notes};
 use crate::verdict::{decide, Decision, Verdict, Vote};
 
+/// Evidence logged once per (job, replica); the memory of it is bounded.
+const EVIDENCE_SHOWN_MAX: usize = 4096;
 /// Jobs whose replies one sweep asks the replicas for.
 const FETCH_BATCH_MAX: usize = 256;
+/// Requests handed to the client and not yet ordered (nor refused), at
+/// most. Past it, accepted jobs wait here in order: the replicas are never
+/// flooded, and the client's queues stay far from full (its task waits on a
+/// full event queue while this loop would wait on a full command queue: a
+/// deadlock that a flood of webhooks once caused).
+const IN_FLIGHT_MAX: usize = 512;
+/// Accepted requests waiting here for a place in flight; past it, the
+/// gateway's queue to the relay fills and intake waits.
+const BACKLOG_MAX: usize = 4096;
 /// Wait before submitting again a request refused as too far ahead.
 const RESUBMIT_AFTER: Duration = Duration::from_secs(5);
 
@@ -47,13 +58,23 @@ pub struct Collector {
     tracked: HashMap<u64, Tracked>,
     metrics: Arc<Metrics>,
     statuses: Option<Notes>,
+    /// (job number, replica) whose conflicting results were logged.
+    shown_evidence: HashSet<(u64, usize)>,
 }
 
 impl Collector {
     /// Follows every job of the store without a verdict.
     pub fn new(jobs: Arc<Jobs>, membership: Arc<Membership>, deadline: Duration) -> Result<Collector, JobsError> {
         let metrics = Arc::new(Metrics::new(membership.replicas.len()));
-        let mut c = Collector { jobs, membership, deadline, tracked: HashMap::new(), metrics, statuses: None };
+        let mut c = Collector {
+            jobs,
+            membership,
+            deadline,
+            tracked: HashMap::new(),
+            metrics,
+            statuses: None,
+            shown_evidence: HashSet::new(),
+        };
         for number in c.jobs.pending()? {
             if let Some(job) = c.jobs.get(number)? {
                 c.load(&job)?;
@@ -151,6 +172,14 @@ impl Collector {
         self.metrics.reply(replica, reply_kind(&reply.msg.body));
         let Some(vote) = vote_of(&reply.msg) else { return Ok(false) };
         let number = reply.msg.number;
+        if let Some(first) = self.jobs.reply(number, replica)? {
+            // A replica's first word counts; a different second one may be
+            // evidence against it.
+            if first != reply.bytes() {
+                self.check_conflict(replica, &first, reply);
+            }
+            return Ok(false);
+        }
         if !self.tracked.contains_key(&number) {
             // A late reply to a decided job can still show a dispute.
             let Some(job) = self.jobs.get(number)? else { return Ok(false) };
@@ -173,6 +202,39 @@ impl Collector {
         }
         self.tracked.get_mut(&number).expect("followed").votes.insert(replica, vote);
         self.settle(number, now_ms)
+    }
+
+    /// `replica` signed `first` and now `second` for one request: two
+    /// results that differ (or two jobs) are evidence that it is faulty, as
+    /// a correct replica signs one result per job and keeps it. Logged once
+    /// per replica and job with both signed replies, and counted.
+    fn check_conflict(&mut self, replica: usize, first: &[u8], second: &Signed<Reply>) {
+        let network = self.membership.network_id();
+        let Ok(earlier) = Signed::<Reply>::open(first, &network, self.membership.as_ref()) else { return };
+        let (ReplyBody::Result { job: j1, result: r1 }, ReplyBody::Result { job: j2, result: r2 }) =
+            (&earlier.msg.body, &second.msg.body)
+        else {
+            return;
+        };
+        let same_request = earlier.msg.request == second.msg.request;
+        if same_request && j1 == j2 && r1.digest() == r2.digest() {
+            return;
+        }
+        let number = second.msg.number;
+        if self.shown_evidence.len() >= EVIDENCE_SHOWN_MAX {
+            self.shown_evidence.clear();
+        }
+        if !self.shown_evidence.insert((number, replica)) {
+            return;
+        }
+        self.metrics.evidence(replica);
+        warn!(
+            replica,
+            "evidence: replica {replica} ({}) signed two different results for job {number}: first {} second {}",
+            self.membership.replicas.get(replica).map(|m| m.peer_id.to_string()).unwrap_or_default(),
+            hex::encode(first),
+            hex::encode(second.bytes()),
+        );
     }
 
     /// Applies the verdict rule to job `number`; stores and reports a change.
@@ -281,44 +343,59 @@ pub async fn run(
     collector.count_into(links.metrics.clone());
     let membership = collector.membership.clone();
     let network = membership.network_id();
+    // Oldest first, submitted as places in flight free up.
+    let mut backlog: VecDeque<Signed<Request>> = VecDeque::new();
     for job in collector.pending().unwrap_or_default() {
         if job.ordered.is_none() {
             if let Ok(req) = Signed::<Request>::open(&job.request, &network, membership.as_ref()) {
-                client.submit(req).await;
+                backlog.push_back(req);
             }
         }
     }
+    let mut in_flight: HashSet<u64> = HashSet::new();
     let weak = membership.quorum().weak();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_fetch = tokio::time::Instant::now();
     let mut was_reachable = false;
     let mut fetch_from = 0usize;
-    let mut later: std::collections::VecDeque<(tokio::time::Instant, u64)> = Default::default();
+    let mut later: VecDeque<(tokio::time::Instant, u64)> = VecDeque::new();
     tokio::pin!(shutdown);
     let bump = |links: &RelayLinks| links.changed.send_modify(|v| *v += 1);
     loop {
+        while in_flight.len() < IN_FLIGHT_MAX {
+            let Some(req) = backlog.pop_front() else { break };
+            in_flight.insert(req.msg.number);
+            client.submit(req).await;
+        }
         tokio::select! {
             _ = &mut shutdown => break,
-            req = links.requests.recv() => {
+            req = links.requests.recv(), if backlog.len() < BACKLOG_MAX => {
                 let Some((req, accepted_ms)) = req else { break };
                 collector.track(req.msg.number, req.msg.digest(), accepted_ms);
-                client.submit(req).await;
+                backlog.push_back(req);
             }
             Some((job, answers)) = links.logs.recv() => client.fetch_logs(job, answers).await,
             event = client.next_event() => {
                 let Some(event) = event else { break };
                 let outcome = match event {
                     ClientEvent::Reply { replica, reply } => collector.on_reply(replica, &reply, now_ms()),
-                    ClientEvent::Ordered { number, job, .. } => collector.on_ordered(number, job),
+                    ClientEvent::Ordered { number, job, .. } => {
+                        in_flight.remove(&number);
+                        collector.on_ordered(number, job)
+                    }
                     ClientEvent::Refused { number, reason: Rejection::TooFarAhead, .. } => {
+                        in_flight.remove(&number);
                         // Numbers this far ahead fit once the ones before are
                         // ordered (many jobs accepted while the network was away).
                         debug!("request {number} is too far ahead of the replicas' window; submitting it again later");
                         later.push_back((tokio::time::Instant::now() + RESUBMIT_AFTER, number));
                         Ok(false)
                     }
-                    ClientEvent::Refused { number, reason, .. } => collector.on_refused(number, reason),
+                    ClientEvent::Refused { number, reason, .. } => {
+                        in_flight.remove(&number);
+                        collector.on_refused(number, reason)
+                    }
                     ClientEvent::Consensus { .. } => Ok(false),
                 };
                 match outcome {
@@ -338,10 +415,12 @@ pub async fn run(
                     }
                     if let Ok(Some(job)) = collector.jobs.get(number) {
                         if let Ok(req) = Signed::<Request>::open(&job.request, &network, membership.as_ref()) {
-                            client.submit(req).await;
+                            backlog.push_back(req);
                         }
                     }
                 }
+                // A job decided without being ordered (at its deadline) frees its place.
+                in_flight.retain(|n| collector.tracked.contains_key(n));
                 match collector.on_tick(now_ms()) {
                     Ok(true) => bump(&links),
                     Ok(false) => {}
@@ -518,6 +597,34 @@ mod tests {
         assert!(c.on_reply(3, &net.result(3, &req.msg, &failed), 1).unwrap());
         let d = jobs.get(1).unwrap().unwrap().decision.unwrap();
         assert_eq!((d.verdict, d.results), (Verdict::Disputed, vec![passed.digest(), failed.digest()]));
+    }
+
+    #[test]
+    fn two_different_results_signed_by_one_replica_are_evidence_and_the_first_counts() {
+        let net = net();
+        let jobs = net.jobs();
+        let req = net.accept(&jobs, 0);
+        let mut c = Collector::new(jobs.clone(), net.membership.clone(), DEADLINE).unwrap();
+        let passed = NoneExecutor::result(&req.msg);
+        let outcome = pbft_node::wire::Outcome::Failed { step: "test".into(), exit_code: 1 };
+        let failed = JobResult { outcome, ..passed.clone() };
+        let evidence = |c: &Collector| {
+            let text = c.metrics.encode();
+            text.lines().find_map(|l| l.strip_prefix("pbft_gw_evidence_total{replica=\"2\"} ")).map(str::to_owned)
+        };
+        c.on_reply(2, &net.result(2, &req.msg, &passed), 1).unwrap();
+        // The same signed reply again (a retransmission, a fetch) is no evidence.
+        c.on_reply(2, &net.result(2, &req.msg, &passed), 1).unwrap();
+        assert_eq!(evidence(&c), None);
+        c.on_reply(2, &net.result(2, &req.msg, &failed), 1).unwrap();
+        c.on_reply(2, &net.result(2, &req.msg, &failed), 1).unwrap();
+        assert_eq!(evidence(&c).as_deref(), Some("1"), "counted once per job");
+        assert_eq!(jobs.reply(1, 2).unwrap().unwrap(), net.result(2, &req.msg, &passed).bytes(), "the first kept");
+        // The second word never counts: two more passes decide it (the
+        // fourth could not make it a 2-2 dispute any more).
+        assert!(!c.on_reply(0, &net.result(0, &req.msg, &passed), 1).unwrap());
+        assert!(c.on_reply(1, &net.result(1, &req.msg, &passed), 1).unwrap());
+        assert_eq!(jobs.get(1).unwrap().unwrap().decision.unwrap().verdict, Verdict::Passed);
     }
 
     #[test]
