@@ -1,8 +1,9 @@
-//! Signed results are stored off the event loop. Each `put_reply` is a
-//! transaction of its own, committed with fsync; a few hundred jobs finishing
+//! Signed results are stored off the event loop: a few hundred jobs finishing
 //! together would otherwise hold the loop (and so the ordering of everything
-//! else) for as many commits. A blocking worker stores them in the order they
-//! come and hands each one back once it is durable; only then is it sent.
+//! else) for their commits. A blocking worker stores them in the order they
+//! come, all those queued at once in one transaction committed with fsync
+//! (group commit), and hands each one back once it is durable; only then is
+//! it sent.
 
 use std::sync::Arc;
 
@@ -15,6 +16,8 @@ use crate::wire::{Digest, JobId};
 
 /// Results waiting to be stored, and stored results waiting to be sent.
 const QUEUE_MAX: usize = 4096;
+/// Results stored in one transaction at most.
+const GROUP_MAX: usize = 1024;
 
 /// A signed result reply, for the store and then for its gateway.
 pub struct SignedResult {
@@ -35,13 +38,32 @@ impl Writer {
         let (to_store, mut rx) = mpsc::channel::<SignedResult>(QUEUE_MAX);
         let (tx, stored) = mpsc::channel(QUEUE_MAX);
         tokio::task::spawn_blocking(move || {
-            while let Some(r) = rx.blocking_recv() {
-                let outcome = store.put_reply(r.request, r.job, &r.bytes).map(|()| r);
-                if let Err(e) = &outcome {
-                    error!("storing a result: {e}");
+            while let Some(first) = rx.blocking_recv() {
+                // Group commit: whatever else is queued goes in the same
+                // transaction, one fsync for all of it.
+                let mut group = vec![first];
+                while group.len() < GROUP_MAX {
+                    match rx.try_recv() {
+                        Ok(r) => group.push(r),
+                        Err(_) => break,
+                    }
                 }
-                if tx.blocking_send(outcome).is_err() {
-                    return;
+                let rows: Vec<_> = group.iter().map(|r| (r.request, r.job, &r.bytes[..])).collect();
+                let outcomes: Vec<Result<SignedResult, StoreError>> = match store.put_replies(&rows) {
+                    Ok(()) => group.into_iter().map(Ok).collect(),
+                    // Nothing of the group was written: one at a time, so
+                    // that only the one at fault fails.
+                    Err(_) => {
+                        group.into_iter().map(|r| store.put_reply(r.request, r.job, &r.bytes).map(|()| r)).collect()
+                    }
+                };
+                for outcome in outcomes {
+                    if let Err(e) = &outcome {
+                        error!("storing a result: {e}");
+                    }
+                    if tx.blocking_send(outcome).is_err() {
+                        return;
+                    }
                 }
             }
         });

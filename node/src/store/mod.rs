@@ -197,7 +197,31 @@ impl Store {
         if records.is_empty() {
             return Ok(());
         }
+        self.commit_ready(records, &[]).map(|_| ())
+    }
+
+    /// [`Store::persist`] of `records`, then [`Store::record_batch`] of each
+    /// of `batches`, all in ONE transaction committed with durability (fsync)
+    /// before returning: the driver's group commit of a whole `Ready`. One
+    /// `bool` per batch: whether it was new to the job log. On an error
+    /// nothing of it is written.
+    pub fn commit_ready(&self, records: &[Record], batches: &[Batch]) -> Result<Vec<bool>, StoreError> {
+        if records.is_empty() && batches.is_empty() {
+            return Ok(Vec::new());
+        }
         let tx = self.begin_write()?;
+        if !records.is_empty() {
+            self.persist_in(&tx, records)?;
+        }
+        let mut new = Vec::with_capacity(batches.len());
+        for batch in batches {
+            new.push(self.record_batch_in(&tx, batch)?);
+        }
+        tx.commit().at(&self.path)?;
+        Ok(new)
+    }
+
+    fn persist_in(&self, tx: &WriteTransaction, records: &[Record]) -> Result<(), StoreError> {
         {
             let p = &self.path;
             let mut meta = tx.open_table(META).at(p)?;
@@ -255,7 +279,7 @@ impl Store {
                 self.prune_views(&mut views)?;
             }
         }
-        tx.commit().at(&self.path)
+        Ok(())
     }
 
     /// Keeps of the VIEW-CHANGEs and NEW-VIEWs only what restore needs to
@@ -333,8 +357,17 @@ impl Store {
     /// `Ok(false)` if `seq` was recorded already with the same batch digest (a
     /// replica re-executes after a restart), and an error if with another.
     pub fn record_batch(&self, batch: &Batch) -> Result<bool, StoreError> {
-        let p = &self.path;
         let tx = self.begin_write()?;
+        if !self.record_batch_in(&tx, batch)? {
+            // Dropping the transaction aborts it: nothing to write.
+            return Ok(false);
+        }
+        tx.commit().at(&self.path)?;
+        Ok(true)
+    }
+
+    fn record_batch_in(&self, tx: &WriteTransaction, batch: &Batch) -> Result<bool, StoreError> {
+        let p = &self.path;
         {
             let mut batches = tx.open_table(BATCHES).at(p)?;
             let recorded = batches.get(batch.seq).at(p)?.map(|row| decode_row::<BatchRow>(row.value()));
@@ -344,7 +377,6 @@ impl Store {
                     let (seq, recorded, offered) = (batch.seq, row.batch, batch.batch);
                     return Err(StoreError::BatchMismatch { path: p.clone(), seq, recorded, offered });
                 }
-                // Dropping the transaction aborts it: nothing to write.
                 return Ok(false);
             }
             let row = BatchRow {
@@ -376,7 +408,6 @@ impl Store {
                 }
             }
         }
-        tx.commit().at(p)?;
         Ok(true)
     }
 
@@ -434,8 +465,32 @@ impl Store {
     /// to gateways later, and marks `job` finished. Storing the same bytes
     /// twice keeps one copy.
     pub fn put_reply(&self, request: Digest, job: JobId, reply_bytes: &[u8]) -> Result<(), StoreError> {
-        let p = &self.path;
         let tx = self.begin_write()?;
+        self.put_reply_in(&tx, request, job, reply_bytes)?;
+        tx.commit().at(&self.path)
+    }
+
+    /// [`Store::put_reply`] of each `(request, job, reply)` in ONE durable
+    /// transaction (group commit). On an error nothing of it is written.
+    pub fn put_replies(&self, replies: &[(Digest, JobId, &[u8])]) -> Result<(), StoreError> {
+        if replies.is_empty() {
+            return Ok(());
+        }
+        let tx = self.begin_write()?;
+        for (request, job, bytes) in replies {
+            self.put_reply_in(&tx, *request, *job, bytes)?;
+        }
+        tx.commit().at(&self.path)
+    }
+
+    fn put_reply_in(
+        &self,
+        tx: &WriteTransaction,
+        request: Digest,
+        job: JobId,
+        reply_bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let p = &self.path;
         {
             let mut jobs = tx.open_table(JOBS).at(p)?;
             if let Some(mut row) = self.job_row(&jobs, job)? {
@@ -459,7 +514,7 @@ impl Store {
                 replies.insert((request.0, order), reply_bytes).at(p)?;
             }
         }
-        tx.commit().at(p)
+        Ok(())
     }
 
     /// The signed final replies kept for `request`, in the order they came.

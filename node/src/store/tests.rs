@@ -403,3 +403,45 @@ fn a_long_job_log_is_read_in_bounded_pieces() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.unfinished_jobs(5).unwrap(), next);
 }
+
+#[test]
+fn a_group_commit_persists_records_and_records_batches_in_one_transaction() {
+    let dir = temp();
+    let net = Net::new();
+    let store = Store::open(dir.path()).unwrap();
+    let reqs: Vec<Signed<Request>> = (1..=3).map(|n| net.seal_request(n)).collect();
+    let records: Vec<Record> = reqs.iter().map(|r| Record::Request(r.shared_bytes())).collect();
+    let (first, second) = (batch(1, &reqs[..1]), batch(2, &reqs[1..]));
+    assert_eq!(store.commit_ready(&records, &[first.clone(), second.clone()]).unwrap(), [true, true]);
+    assert_eq!(store.commit_ready(&[], std::slice::from_ref(&first)).unwrap(), [false], "replayed");
+    assert_eq!(store.last_batch().unwrap(), 2);
+    // A batch that conflicts with the job log fails the whole group: its
+    // records are not written either.
+    let late = net.seal_request(9);
+    let err = store.commit_ready(&[Record::Request(late.shared_bytes())], &[batch(1, &reqs[1..])]).unwrap_err();
+    assert!(matches!(err, StoreError::BatchMismatch { seq: 1, .. }), "{err}");
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let held: Vec<Vec<u8>> = store
+        .records()
+        .unwrap()
+        .into_iter()
+        .map(|r| match r {
+            Record::Request(b) => b.to_vec(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(held, reqs.iter().map(|r| r.bytes().to_vec()).collect::<Vec<_>>());
+    assert_eq!(store.job(JobId { seq: 2, index: 1 }).unwrap().unwrap().request, reqs[2].msg.digest());
+
+    // Results of many jobs, one transaction; a conflicting one fails the group.
+    let jobs = [JobId { seq: 1, index: 0 }, JobId { seq: 2, index: 0 }];
+    let group = [(reqs[0].msg.digest(), jobs[0], &b"r0"[..]), (reqs[1].msg.digest(), jobs[1], &b"r1"[..])];
+    store.put_replies(&group).unwrap();
+    assert_eq!(store.replies(reqs[1].msg.digest()).unwrap(), [b"r1".to_vec()]);
+    assert!(store.unfinished_jobs(10).unwrap().iter().all(|(j, _)| !jobs.contains(j)));
+    let bad =
+        [(reqs[2].msg.digest(), JobId { seq: 2, index: 1 }, &b"r2"[..]), (reqs[0].msg.digest(), jobs[1], &b"x"[..])];
+    assert!(store.put_replies(&bad).is_err());
+    assert!(store.replies(reqs[2].msg.digest()).unwrap().is_empty());
+}
