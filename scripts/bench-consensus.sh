@@ -6,6 +6,12 @@
 #   IN_FLIGHT=1024 DURATION=20 scripts/bench-consensus.sh
 #   RATE=30 scripts/bench-consensus.sh   # latency at 30 requests/s only
 #   KEEP_LOGS=/tmp/bench-logs RUST_LOG=info scripts/bench-consensus.sh   # keep the replicas' logs
+#   DURATION=600 LATENCY_DURATION=10 RSS_EVERY=30 scripts/bench-consensus.sh   # soak: RSS over time
+#
+# RSS_EVERY=S samples each replica's RSS (VmRSS) every S seconds during the
+# saturation run and prints them as a table. The replicas' CPU time during the
+# saturation run, per ordered request, is printed too: a figure that holds
+# when other work shares the machine, unlike requests/s.
 #
 # Prints ordered requests/s at saturation (IN_FLIGHT requests kept
 # outstanding), latency p50/p99 at a tenth of that rate (submission to f + 1
@@ -17,6 +23,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 IN_FLIGHT=${IN_FLIGHT:-512}
 DURATION=${DURATION:-10}
+LATENCY_DURATION=${LATENCY_DURATION:-$DURATION}
+RSS_EVERY=${RSS_EVERY:-0}
 
 cargo build --release -q -p pbft-node --bin pbft-node --example load
 target=${CARGO_TARGET_DIR:-target}
@@ -68,16 +76,48 @@ run_load() { # gateway, then load's own flags; shows its report, prints its LOAD
 }
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 
+cpu_ticks() { # user + system clock ticks of all replicas so far
+  local t=0 i
+  for i in 0 1 2 3; do
+    t=$((t + $(awk '{ print $14 + $15 }' "/proc/${pids[$i]}/stat")))
+  done
+  echo "$t"
+}
+rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+sampler=
+if [ "$RSS_EVERY" != 0 ]; then
+  echo "RSS (MB) every $RSS_EVERY s: seconds replica0 replica1 replica2 replica3" > "$work/rss"
+  (
+    t=0
+    while true; do
+      line="$t"
+      for i in 0 1 2 3; do line="$line $(rss_mb "${pids[$i]}")"; done
+      echo "$line" >> "$work/rss"
+      sleep "$RSS_EVERY"
+      t=$((t + RSS_EVERY))
+    done
+  ) &
+  sampler=$!
+  pids+=("$sampler")
+fi
+
+cpu_per_req=skipped
 if [ -z "${RATE:-}" ]; then
   echo "saturation: $IN_FLIGHT requests in flight for $DURATION s" >&2
+  cpu0=$(cpu_ticks)
   sat=$(run_load 0 --in-flight "$IN_FLIGHT" --duration "$DURATION")
+  cpu1=$(cpu_ticks)
   rps=$(echo "$sat" | field rps)
+  ordered=$(echo "$sat" | field ordered)
+  cpu_per_req=$(awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v n="$ordered" \
+    'BEGIN { if (n > 0) printf "%.3f", t / hz * 1000 / n; else print "nan" }')
   rate=$(awk -v r="$rps" 'BEGIN { x = r / 10; if (x < 1) x = 1; printf "%.1f", x }')
 else
   rps=skipped rate=$RATE
 fi
-echo "latency: $rate requests/s (a tenth of saturation) for $DURATION s" >&2
-lat=$(run_load 1 --rate "$rate" --duration "$DURATION")
+if [ -n "$sampler" ]; then kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true; cat "$work/rss"; fi
+echo "latency: $rate requests/s (a tenth of saturation) for $LATENCY_DURATION s" >&2
+lat=$(run_load 1 --rate "$rate" --duration "$LATENCY_DURATION")
 p50=$(echo "$lat" | field p50_ms)
 p99=$(echo "$lat" | field p99_ms)
 
@@ -89,5 +129,6 @@ for i in 0 1 2 3; do
   peak=$(awk -v a="$peak" -v b="$mb" 'BEGIN { print (b > a) ? b : a }')
 done
 echo "ordered at saturation: $rps requests/s ($IN_FLIGHT in flight)"
+echo "replicas' CPU per ordered request at saturation: $cpu_per_req ms (all four together)"
 echo "latency at $rate requests/s: p50 $p50 ms, p99 $p99 ms"
-echo "RESULT ordered_rps=$rps p50_ms=$p50 p99_ms=$p99 peak_rss_mb=$peak"
+echo "RESULT ordered_rps=$rps p50_ms=$p50 p99_ms=$p99 peak_rss_mb=$peak cpu_ms_per_req=$cpu_per_req"
