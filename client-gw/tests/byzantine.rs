@@ -5,15 +5,8 @@
 //! long anything took.
 //!
 //! The tests that need a misbehaving replica run a `pbft-node` built with
-//! `--features fault-injection` (`--fault KIND`), in a target dir of its own
-//! so that the default binary never holds the feature. That build is a
-//! second copy of the dependencies, so these tests are `#[ignore]`d in a
-//! plain `cargo test --workspace`; `.ci/run` runs them after it (all of
-//! this file: `-- --include-ignored`):
-//!
-//! ```text
-//! cargo test -p pbft-gw --test byzantine -- --ignored
-//! ```
+//! `--features fault-injection` (`--fault KIND`), copied aside so that the
+//! default binary never holds the feature (see `support`).
 //!
 //! What they show, for README.md:
 //!
@@ -133,7 +126,6 @@ fn machines_that_disagree_make_a_verdict_disputed_or_outvoted_and_a_broken_machi
 }
 
 #[test]
-#[ignore = "builds pbft-node with --features fault-injection; .ci/run runs it"]
 fn one_lying_replica_changes_no_verdict_and_two_make_it_disputed() {
     let mut net =
         Testnet::start_with(|| local(pbft_node_binary_with_fault_injection(), [&[], &[], &[], &["--fault", "lie"]]));
@@ -164,7 +156,6 @@ fn one_lying_replica_changes_no_verdict_and_two_make_it_disputed() {
 }
 
 #[test]
-#[ignore = "builds pbft-node with --features fault-injection; .ci/run runs it"]
 fn an_equivocating_primary_is_replaced_and_no_correct_replicas_diverge() {
     let mut net = Testnet::start_with(|| Setup {
         node: pbft_node_binary_with_fault_injection(),
@@ -203,7 +194,6 @@ fn an_equivocating_primary_is_replaced_and_no_correct_replicas_diverge() {
 }
 
 #[test]
-#[ignore = "builds pbft-node with --features fault-injection; .ci/run runs it"]
 fn a_silent_a_replaying_and_a_wrong_checkpointing_replica_cost_no_verdict() {
     let mut net = Testnet::start_with(|| Setup {
         node: pbft_node_binary_with_fault_injection(),

@@ -54,22 +54,39 @@ pub fn pbft_node_binary() -> PathBuf {
     // The profile `cargo test` built this gateway with, so nothing is rebuilt
     // for nothing: `target/debug` holds both the dev and the test profile.
     cargo_build(&["--profile", "test"]);
-    let gw = Path::new(env!("CARGO_BIN_EXE_pbft-gw"));
-    let node = gw.with_file_name(format!("pbft-node{}", std::env::consts::EXE_SUFFIX));
+    let node = node_path();
     assert!(node.exists(), "{} missing after the build", node.display());
     node
 }
 
-/// A `pbft-node` built with `--features fault-injection`, in a target dir of
-/// its own (`target/fault-injection`): the binary of the default build never
-/// holds the feature, and neither build overwrites the other.
-pub fn pbft_node_binary_with_fault_injection() -> PathBuf {
+fn node_path() -> PathBuf {
     let gw = Path::new(env!("CARGO_BIN_EXE_pbft-gw"));
-    let target = gw.parent().and_then(Path::parent).expect("target/<profile>/pbft-gw").join("fault-injection");
-    cargo_build(&["--features", "fault-injection", "--target-dir", target.to_str().expect("UTF-8 target dir")]);
-    let node = target.join("debug").join(format!("pbft-node{}", std::env::consts::EXE_SUFFIX));
-    assert!(node.exists(), "{} missing after the build", node.display());
-    node
+    gw.with_file_name(format!("pbft-node{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A `pbft-node` built with `--features fault-injection`, copied aside as
+/// `target/<profile>/pbft-node-fault-injection`. It is built in the shared
+/// target dir (the feature changes only pbft-node, so no dependency is
+/// compiled again), and the default binary is restored right after: the
+/// `pbft-node` of the default build never holds the feature.
+pub fn pbft_node_binary_with_fault_injection() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let node = node_path();
+            let faulty = node.with_file_name(format!("pbft-node-fault-injection{}", std::env::consts::EXE_SUFFIX));
+            cargo_build(&["--profile", "test", "--features", "fault-injection"]);
+            std::fs::copy(&node, &faulty).unwrap_or_else(|e| panic!("copying {}: {e}", node.display()));
+            cargo_build(&["--profile", "test"]);
+            let knows_fault = |bin: &Path| {
+                let out = Command::new(bin).args(["run", "--help"]).output().expect("pbft-node runs");
+                String::from_utf8_lossy(&out.stdout).contains("--fault")
+            };
+            assert!(knows_fault(&faulty), "{} lacks --fault", faulty.display());
+            assert!(!knows_fault(&node), "the default {} must not hold fault injection", node.display());
+            faulty
+        })
+        .clone()
 }
 
 /// Runs git in `dir`, isolated from the machine's configuration; its trimmed stdout.
