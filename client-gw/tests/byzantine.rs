@@ -61,7 +61,7 @@ fn local(node: std::path::PathBuf, faults: [&[&str]; 4]) -> Setup {
         args.extend(extra.iter().map(|a| a.to_string()));
         args
     });
-    Setup { node, executor: "local", replica_args: args }
+    Setup { node, executor: "local", replica_args: args, lan: None }
 }
 
 fn votes(net: &Testnet, job: &Value) -> [String; 4] {
@@ -74,22 +74,6 @@ fn assert_certified(net: &Testnet, job: &Value, sets: usize, says: &str) {
     let (ok, said) = net.verify(&format!("cert-{}.json", job["id"].as_str().unwrap()), cert);
     assert!(ok, "pbft-node verify refused the certificate: {said}");
     assert!(said.contains(says), "{said}");
-}
-
-/// A replica's job log (job id → request digest), read once it stopped.
-fn job_log(net: &Testnet, i: usize) -> BTreeMap<JobId, Digest> {
-    let store = Store::open(&net.data_dir(i)).expect("the store opens once the replica stopped");
-    let mut jobs = BTreeMap::new();
-    for seq in 1..=store.last_batch().unwrap() {
-        for index in 0.. {
-            let job = JobId { seq, index };
-            match store.job(job).unwrap() {
-                Some(record) => jobs.insert(job, record.request),
-                None => break,
-            };
-        }
-    }
-    jobs
 }
 
 #[test]
@@ -161,6 +145,7 @@ fn an_equivocating_primary_is_replaced_and_no_correct_replicas_diverge() {
         node: pbft_node_binary_with_fault_injection(),
         executor: "none",
         replica_args: [vec!["--fault".into(), "equivocate".into()], vec![], vec![], vec![]],
+        lan: None,
     });
     let started = Instant::now();
     let ids: Vec<String> = (0..6).map(|k| net.submit(if k % 2 == 0 { "master" } else { "no-such-branch" })).collect();
@@ -187,7 +172,7 @@ fn an_equivocating_primary_is_replaced_and_no_correct_replicas_diverge() {
     for i in correct {
         assert!(!net.replica_log(i).contains(&format!("evidence: replica {i} ")), "evidence against correct {i}");
     }
-    let logs: Vec<BTreeMap<JobId, Digest>> = correct.iter().map(|&i| job_log(&net, i)).collect();
+    let logs: Vec<BTreeMap<JobId, Digest>> = correct.iter().map(|&i| net.job_log(i)).collect();
     assert_eq!(logs[0].len(), ids.len(), "{:?}", logs[0]);
     assert!(logs.iter().all(|l| *l == logs[0]), "correct replicas' job logs differ: {logs:?}");
     eprintln!("byzantine: an equivocating primary in {:?} once the testnet was up", started.elapsed());
@@ -199,6 +184,7 @@ fn a_silent_a_replaying_and_a_wrong_checkpointing_replica_cost_no_verdict() {
         node: pbft_node_binary_with_fault_injection(),
         executor: "none",
         replica_args: [vec![], vec![], vec![], vec!["--fault".into(), "silent".into()]],
+        lan: None,
     });
     let started = Instant::now();
     let id = net.submit("master");

@@ -245,11 +245,11 @@ async fn replicas_on_a_lan_find_each_other_by_mdns_with_no_address_given() {
     for (i, log) in logs.iter().enumerate().skip(1) {
         assert_eq!(log, &logs[0], "replica {i}'s job log differs from replica 0's");
     }
-    eprintln!(
+    netns::report(&format!(
         "mDNS: the client reached all 4 replicas {:.1} s after start; 20 requests ordered by all 4 in {:.1} s",
         connected.as_secs_f64(),
         started.elapsed().as_secs_f64()
-    );
+    ));
 }
 
 /// Cuts backup 3 off for at least `cut` while a request comes every
@@ -325,7 +325,7 @@ async fn backup_cut_off_under_load(past_checkpoint: bool, cut: Duration, every: 
         assert!(!transferred, "no slot was dropped: replica 3 needed no state transfer");
         assert_eq!(logs[3], logs[0], "replica 3's job log differs from replica 0's");
     }
-    eprintln!(
+    netns::report(&format!(
         "backup 3 cut off for {:.1} s ({} requests, up to slot {during_seqs}, ordered by the other three); \
          after healing it caught up in {:.1} s{}; test took {:.1} s",
         cut_for.as_secs_f64(),
@@ -333,7 +333,7 @@ async fn backup_cut_off_under_load(past_checkpoint: bool, cut: Duration, every: 
         catch_up.as_secs_f64(),
         if transferred { " by state transfer" } else { ", running every job it missed" },
         started.elapsed().as_secs_f64()
-    );
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,12 +422,12 @@ async fn a_primary_cut_off_is_replaced_by_a_view_change_and_rejoins_once_healed(
     for (i, log) in logs.iter().enumerate().skip(1) {
         assert_eq!(log, &logs[0], "replica {i}'s job log differs from replica 0's");
     }
-    eprintln!(
+    netns::report(&format!(
         "primary 0 cut off for {:.1} s: first request ordered in a new view (view {view} at the end) \
          {:.1} s after the cut; healed, it ran the latest jobs {:.1} s later; test took {:.1} s",
         cut_for.as_secs_f64(),
         view_change.as_secs_f64(),
         rejoin.as_secs_f64(),
         started.elapsed().as_secs_f64()
-    );
+    ));
 }

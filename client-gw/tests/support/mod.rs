@@ -1,6 +1,7 @@
-//! A loopback testnet of real processes for the gateway's multi-process
-//! tests: four `pbft-node run` replicas and `pbft-gw` on 127.0.0.1, a real
-//! git repository as the gateway's `--repo`, HTTP calls made as curl would.
+//! A testnet of real processes for the gateway's multi-process tests: four
+//! `pbft-node run` replicas and `pbft-gw` on 127.0.0.1 (or each on a host of
+//! its own on a LAN of network namespaces, see [`netns`]), a real git
+//! repository as the gateway's `--repo`, HTTP calls made as curl would.
 //!
 //! Every process is killed when its testnet is dropped. One multi-process
 //! testnet runs at a time on this machine: a file lock (flock) is held for
@@ -17,7 +18,13 @@ use std::time::{Duration, Instant};
 
 use libp2p_identity::Keypair;
 use pbft_node::membership::{Member, Membership};
+use pbft_node::store::Store;
+use pbft_node::wire::{Digest, JobId};
 use serde_json::Value;
+
+/// The LAN of network namespaces that node's host tests use, shared as is.
+#[path = "../../../node/tests/support/netns.rs"]
+pub mod netns;
 
 pub const SECRET: &str = "e2e-webhook-secret";
 
@@ -114,16 +121,31 @@ pub struct Setup {
     pub executor: &'static str,
     /// Arguments of replica `i` besides the common ones (e.g. `--fault lie`).
     pub replica_args: [Vec<String>; 4],
+    /// Replica `i` on host `i` of this LAN and the gateway on host 4, all
+    /// finding each other by mDNS alone; `None`: all on 127.0.0.1, through
+    /// replica 0's address.
+    pub lan: Option<netns::Lan>,
 }
 
 impl Setup {
     /// The e2e setup: the default binary, `--executor none`.
     pub fn none() -> Setup {
-        Setup { node: pbft_node_binary(), executor: "none", replica_args: Default::default() }
+        Setup { node: pbft_node_binary(), executor: "none", replica_args: Default::default(), lan: None }
     }
 }
 
+/// On a LAN, every replica (and the gateway's swarm) listens on this port of
+/// its host's address.
+const LAN_PORT: u16 = 7000;
+/// On a LAN, the gateway serves HTTP on this port of its host's address.
+const LAN_HTTP_PORT: u16 = 8080;
+/// The gateway's host on a LAN.
+const GATEWAY_HOST: usize = 4;
+
 pub struct Testnet {
+    // Dropped first (after Drop::drop killed every process): the LAN is
+    // removed while the lock is held.
+    pub lan: Option<netns::Lan>,
     _lock: File,
     pub dir: tempfile::TempDir,
     /// The gateway's `--repo`: a git repository with a `master` branch.
@@ -184,8 +206,12 @@ impl Testnet {
         pbft_node::keys::save(&dir.path().join("gateway.key"), &gw_key, false).unwrap();
         std::fs::write(dir.path().join("webhook.secret"), format!("  {SECRET}\n")).unwrap();
         let port0 = free_port();
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let http = match &setup.lan {
+            Some(lan) => SocketAddr::from((lan.host_ip(GATEWAY_HOST), LAN_HTTP_PORT)),
+            None => SocketAddr::from(([127, 0, 0, 1], free_port())),
+        };
         let mut net = Testnet {
+            lan: setup.lan,
             _lock: lock,
             dir,
             repo,
@@ -223,14 +249,12 @@ impl Testnet {
     }
 
     fn replica(&self, i: usize) -> Command {
-        let port = if i == 0 { self.port0 } else { 0 };
         let mut cmd = Command::new(&self.node);
         cmd.arg("run")
             .arg("--key")
             .arg(self.path(&format!("replica{i}.key")))
             .arg("--members")
             .arg(&self.members)
-            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")])
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .arg("--log-dir")
@@ -244,15 +268,30 @@ impl Testnet {
         if self.executor == "local" {
             cmd.arg("--allow-file-urls");
         }
-        if i != 0 {
-            cmd.args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{}", self.port0)]);
+        match &self.lan {
+            // mDNS alone (on by default beyond loopback).
+            Some(lan) => {
+                cmd.args(["--listen", &format!("/ip4/{}/tcp/{LAN_PORT}", lan.host_ip(i))]);
+            }
+            None => {
+                let port = if i == 0 { self.port0 } else { 0 };
+                cmd.args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")]);
+                if i != 0 {
+                    cmd.args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{}", self.port0)]);
+                }
+            }
         }
         cmd
     }
 
     /// Starts replica `i` (again: same key, same data dir).
     pub fn start_replica(&mut self, i: usize) {
-        self.replicas[i] = Some(self.replica(i).spawn().expect("pbft-node starts"));
+        let mut cmd = self.replica(i);
+        let child = match &self.lan {
+            Some(lan) => lan.run(i, &cmd),
+            None => cmd.spawn(),
+        };
+        self.replicas[i] = Some(child.expect("pbft-node starts"));
     }
 
     /// kill -9 of replica `i`.
@@ -273,15 +312,14 @@ impl Testnet {
     /// Starts the gateway (again: same key, same data dir) and waits until
     /// it reports a quorum of replicas connected.
     pub fn start_gateway(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_pbft-gw"))
-            .arg("--key")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pbft-gw"));
+        cmd.arg("--key")
             .arg(self.path("gateway.key"))
             .arg("--members")
             .arg(&self.members)
             .args(["--listen", &self.http.to_string(), "--repo", &self.repo, "--allow-file-urls"])
             .arg("--webhook-secret-file")
             .arg(self.path("webhook.secret"))
-            .args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{}", self.port0), "--no-mdns"])
             .arg("--data-dir")
             .arg(self.path("gw-data"))
             .arg("--log-dir")
@@ -289,9 +327,19 @@ impl Testnet {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pbft-gw starts");
+            .stderr(Stdio::null());
+        let child = match &self.lan {
+            Some(lan) => {
+                let p2p = format!("/ip4/{}/tcp/{LAN_PORT}", lan.host_ip(GATEWAY_HOST));
+                cmd.args(["--p2p-listen", &p2p, "--mdns"]);
+                lan.run(GATEWAY_HOST, &cmd)
+            }
+            None => {
+                cmd.args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{}", self.port0), "--no-mdns"]);
+                cmd.spawn()
+            }
+        };
+        let child = child.expect("pbft-gw starts");
         self.gateway = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -396,6 +444,22 @@ impl Testnet {
             Command::new(&self.node).arg("verify").arg("--members").arg(&self.members).arg(&file).output().unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
+    }
+
+    /// Replica `i`'s job log (job id → request digest), read once it stopped.
+    pub fn job_log(&self, i: usize) -> std::collections::BTreeMap<JobId, Digest> {
+        let store = Store::open(&self.data_dir(i)).expect("the store opens once the replica stopped");
+        let mut jobs = std::collections::BTreeMap::new();
+        for seq in 1..=store.last_batch().unwrap() {
+            for index in 0.. {
+                let job = JobId { seq, index };
+                match store.job(job).unwrap() {
+                    Some(record) => jobs.insert(job, record.request),
+                    None => break,
+                };
+            }
+        }
+        jobs
     }
 
     /// Every log line of replica `i` so far (its file is appended to across restarts).

@@ -189,6 +189,19 @@ impl Drop for Lan {
     }
 }
 
+/// Shows what a cross-host test observed (timings of view changes and
+/// catch-ups): printed, and appended as a line to the file
+/// `PBFT_CI_TIMINGS` names, if set (CI shows it, as `cargo test` hides the
+/// output of tests that pass).
+pub fn report(line: &str) {
+    eprintln!("{line}");
+    if let Some(file) = std::env::var_os("PBFT_CI_TIMINGS") {
+        use std::io::Write as _;
+        let mut f = std::fs::File::options().create(true).append(true).open(file).expect("the timings file opens");
+        writeln!(f, "{line}").expect("timings written");
+    }
+}
+
 /// Runs `ip ARGS`; its stdout, or what went wrong.
 fn ip(args: &[&str]) -> Result<String, String> {
     let out = Command::new("ip")
