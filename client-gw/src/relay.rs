@@ -514,6 +514,14 @@ mod tests {
 
     const DEADLINE: Duration = Duration::from_secs(60);
 
+    /// Two results for one request: the `none` executor's pass, and a failure.
+    fn passed_and_failed(req: &Request) -> (JobResult, JobResult) {
+        let passed = NoneExecutor::result(req);
+        let outcome = pbft_node::wire::Outcome::Failed { step: "test".into(), exit_code: 1 };
+        let failed = JobResult { outcome, ..passed.clone() };
+        (passed, failed)
+    }
+
     #[test]
     fn replies_stored_before_a_restart_count_after_it() {
         let net = net();
@@ -584,9 +592,7 @@ mod tests {
         let jobs = net.jobs();
         let req = net.accept(&jobs, 0);
         let mut c = Collector::new(jobs.clone(), net.membership.clone(), DEADLINE).unwrap();
-        let passed = NoneExecutor::result(&req.msg);
-        let outcome = pbft_node::wire::Outcome::Failed { step: "test".into(), exit_code: 1 };
-        let failed = JobResult { outcome, ..passed.clone() };
+        let (passed, failed) = passed_and_failed(&req.msg);
         c.on_reply(0, &net.result(0, &req.msg, &passed), 1).unwrap();
         c.on_reply(1, &net.result(1, &req.msg, &passed), 1).unwrap();
         c.on_reply(2, &net.result(2, &req.msg, &failed), 1).unwrap();
@@ -605,9 +611,7 @@ mod tests {
         let jobs = net.jobs();
         let req = net.accept(&jobs, 0);
         let mut c = Collector::new(jobs.clone(), net.membership.clone(), DEADLINE).unwrap();
-        let passed = NoneExecutor::result(&req.msg);
-        let outcome = pbft_node::wire::Outcome::Failed { step: "test".into(), exit_code: 1 };
-        let failed = JobResult { outcome, ..passed.clone() };
+        let (passed, failed) = passed_and_failed(&req.msg);
         let evidence = |c: &Collector| {
             let text = c.metrics.encode();
             text.lines().find_map(|l| l.strip_prefix("pbft_gw_evidence_total{replica=\"2\"} ")).map(str::to_owned)
