@@ -202,14 +202,20 @@ impl Replica {
             .map(|(d, req)| (*d, r.state.classify(&req.msg, d).is_none()))
             .collect();
         loose.sort();
+        let named = r.named_above(r.low);
         for (d, fresh) in loose {
             if fresh {
                 r.queue(d);
             } else {
-                r.requests.remove(&d);
+                r.drop_request(d, &named);
             }
         }
         r.restoring = false;
+        // Votes held back during the replay go out now, if still due.
+        let seqs: Vec<u64> = r.slots.keys().copied().collect();
+        for seq in seqs {
+            r.check_slot(seq);
+        }
         r.maybe_join_view_change();
         r.maybe_send_new_view();
         r.tick();
@@ -548,7 +554,19 @@ impl Replica {
         }
         self.waiting.remove(&seq);
         let (view, batch) = (slot.view, slot.batch);
-        if self.me != primary && !slot.sent_prepare {
+        // Votes go out only in the current view, outside a view change. A
+        // replica that sent VIEW-CHANGE promised to take no part in lower
+        // views: its VIEW-CHANGE carries the certificates it holds, and a
+        // COMMIT signed afterwards (say, once a missing request arrived for a
+        // slot of the old view) could complete a commit certificate that no
+        // VIEW-CHANGE reports, and the NEW-VIEW could then order another
+        // batch there. A commit certificate of others still commits the slot.
+        // Nor while restoring: our votes then come from the store, and the
+        // replay may reach a slot's quorum earlier than the original run did
+        // (every persisted request is replayed first, also those that came
+        // after our VIEW-CHANGE); voting resumes once the replay is done.
+        let voting = self.in_view(view) && !self.restoring;
+        if voting && self.me != primary && !slot.sent_prepare {
             let p = self.broadcast(Prepare { view, seq, batch });
             let slot = self.slots.get_mut(&seq).expect("slot exists");
             slot.prepares.insert(self.me, p);
@@ -560,11 +578,15 @@ impl Replica {
             return;
         }
         if !slot.sent_commit {
+            // A prepared certificate, whether or not we vote with it: a
+            // VIEW-CHANGE may carry every certificate a replica holds.
             self.record_prepared(seq);
-            let c = self.broadcast(Commit { view, seq, batch });
-            let slot = self.slots.get_mut(&seq).expect("slot exists");
-            slot.commits.insert(self.me, c);
-            slot.sent_commit = true;
+            if voting {
+                let c = self.broadcast(Commit { view, seq, batch });
+                let slot = self.slots.get_mut(&seq).expect("slot exists");
+                slot.commits.insert(self.me, c);
+                slot.sent_commit = true;
+            }
         }
         let slot = self.slots.get_mut(&seq).expect("slot exists");
         if !slot.committed && slot.commits.values().filter(|c| c.msg.batch == batch).count() >= commits_needed {
@@ -601,7 +623,7 @@ impl Replica {
             }
             self.state.seq = seq;
             self.executed = seq;
-            self.executed_requests.insert(seq, digests.clone());
+            self.executed_requests.entry(seq).or_default().extend(digests.iter().copied());
             self.ready.execute.push(Batch { seq, view, batch, requests: digests, jobs });
             if seq % self.cfg.checkpoint_interval == 0 {
                 self.own_checkpoints.insert(seq, (self.state.digest(), self.state.encode().into(), false));
@@ -760,10 +782,11 @@ impl Replica {
         self.checkpoint_votes = self.checkpoint_votes.split_off(&(seq + 1));
         self.own_checkpoints = self.own_checkpoints.split_off(&(seq + 1));
         let kept = self.executed_requests.split_off(&(seq + 1));
+        let named = self.named_above(seq);
         for digests in std::mem::replace(&mut self.executed_requests, kept).into_values() {
             for d in digests {
                 if !self.queued.contains(&d) {
-                    self.requests.remove(&d);
+                    self.drop_request(d, &named);
                 }
             }
         }
@@ -775,6 +798,42 @@ impl Replica {
         }
         self.stable_proof = proof;
         self.stable_state = state;
+    }
+
+    /// Requests named above `seq` by a pre-prepare in the log, a prepared
+    /// certificate, or a candidate of an older view's slot. One request may
+    /// sit in two slots (a faulty primary, or one slot's pre-prepare from an
+    /// older view that a later NEW-VIEW carries again); executing it in the
+    /// first does not make its body garbage: the other slot executes it too
+    /// (as a duplicate) and needs it. A replica holding such a slot or
+    /// certificate keeps the body, so every replica that needs it can fetch it
+    /// (the gateway stopped sending it once it got its replies).
+    /// Each maps to the lowest such seq.
+    fn named_above(&self, seq: u64) -> BTreeMap<Digest, u64> {
+        let above = seq + 1..;
+        let slots = self.slots.range(above.clone()).filter_map(|(_, s)| s.pre_prepare.as_ref());
+        let certs = self.vc.prepared.range(above.clone()).map(|(_, c)| &c.pre_prepare);
+        let learned = self.vc.learned.range(above).flat_map(|(_, l)| l.pre_prepares.values());
+        let mut named = BTreeMap::new();
+        for pp in slots.chain(certs).chain(learned) {
+            for d in &pp.msg.requests {
+                let lowest = named.entry(*d).or_insert(pp.msg.seq);
+                *lowest = (*lowest).min(pp.msg.seq);
+            }
+        }
+        named
+    }
+
+    /// Forgets an ordered request's body, unless a slot above still names it
+    /// (see [`Replica::named_above`]): then it is kept, and looked at again
+    /// once that slot is below a stable checkpoint.
+    fn drop_request(&mut self, d: Digest, named: &BTreeMap<Digest, u64>) {
+        match named.get(&d) {
+            Some(&seq) => self.executed_requests.entry(seq).or_default().push(d),
+            None => {
+                self.requests.remove(&d);
+            }
+        }
     }
 
     /// Adopts a stable checkpoint's state received from a peer, if `proof`
@@ -807,9 +866,10 @@ impl Replica {
             .filter(|d| self.requests.get(d).is_some_and(|r| state.classify(&r.msg, d).is_some()))
             .copied()
             .collect();
+        let named = self.named_above(seq);
         for d in done {
             self.queued.remove(&d);
-            self.requests.remove(&d);
+            self.drop_request(d, &named);
         }
         self.state = state;
         self.executed = self.executed.max(seq);
@@ -962,6 +1022,12 @@ impl Replica {
             out.extend(slot.prepares.get(&self.me).map(|p| p.shared_bytes()));
             out.extend(slot.commits.get(&self.me).map(|c| c.shared_bytes()));
         }
+        // Our CHECKPOINTs not yet stable: lost ones (a partition) are sent by
+        // nobody else when every replica executed as far as we did, and
+        // without them the window stays full.
+        let me = self.me;
+        let own = self.checkpoint_votes.values().flat_map(|v| v.iter().filter(|((i, _), _)| *i == me));
+        out.extend(own.map(|(_, c)| c.shared_bytes()));
         for bytes in out {
             for to in (0..self.q.n).filter(|&i| i != self.me) {
                 self.ready.messages.push(Outbound::Signed { to: Target::Replica(to), bytes: bytes.clone() });
