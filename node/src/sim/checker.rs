@@ -1,7 +1,7 @@
 //! The simulator's checkers: properties every schedule must keep, checked as
 //! the simulation runs (safety) and at its end (liveness).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use libp2p_identity::PeerId;
 
@@ -24,6 +24,25 @@ pub struct Checker {
     by_request: HashMap<(PeerId, u64), JobId>,
     by_delivery: HashMap<String, JobId>,
     checkpoints: HashMap<u64, (Digest, usize)>,
+    /// 2f + 1: the size of a commit certificate.
+    pub quorum: usize,
+    /// Signers of COMMIT by (view, seq, batch), any replica (faulty ones too).
+    commits: HashMap<(u64, u64, Digest), BTreeSet<usize>>,
+    /// Commit certificates: seq → (view, batch) that 2f + 1 replicas committed.
+    certified: BTreeMap<u64, Vec<(u64, Digest)>>,
+    /// Per correct replica: seq → the highest (view, batch) it prepared.
+    prepared: HashMap<usize, BTreeMap<u64, (u64, Digest)>>,
+    /// NEW-VIEWs correct replicas entered: (view, checkpoint, seq → batch).
+    new_views: Vec<(u64, u64, BTreeMap<u64, Digest>)>,
+}
+
+/// What a NEW-VIEW carries, as the checkers read it.
+pub struct NewViewSummary {
+    pub view: u64,
+    /// The highest checkpoint among its VIEW-CHANGEs.
+    pub checkpoint: u64,
+    /// The batch it assigns to each slot above the checkpoint.
+    pub slots: BTreeMap<u64, Digest>,
 }
 
 impl Checker {
@@ -95,6 +114,102 @@ impl Checker {
             None => {
                 self.checkpoints.insert(seq, (state, replica));
             }
+        }
+    }
+
+    /// A COMMIT signed by `replica` (correct or not). A correct replica
+    /// sends one only for a slot that prepared at it.
+    pub fn commit(&mut self, at_ms: u64, replica: usize, correct: bool, view: u64, seq: u64, batch: Digest) {
+        if correct {
+            let p = self.prepared.entry(replica).or_default();
+            if p.get(&seq).is_none_or(|(v, _)| *v < view) {
+                p.insert(seq, (view, batch));
+            }
+        }
+        let signers = self.commits.entry((view, seq, batch)).or_default();
+        if !signers.insert(replica) || signers.len() != self.quorum {
+            return;
+        }
+        self.certified.entry(seq).or_default().push((view, batch));
+        let late: Vec<String> = self
+            .new_views
+            .iter()
+            .filter_map(|(nv, checkpoint, slots)| Self::survives(view, seq, batch, *nv, *checkpoint, slots).err())
+            .collect();
+        for what in late {
+            self.fail(at_ms, what);
+        }
+    }
+
+    fn survives(
+        view: u64,
+        seq: u64,
+        batch: Digest,
+        nv: u64,
+        checkpoint: u64,
+        slots: &BTreeMap<u64, Digest>,
+    ) -> Result<(), String> {
+        if nv <= view || seq <= checkpoint || slots.get(&seq) == Some(&batch) {
+            return Ok(());
+        }
+        Err(format!(
+            "view change lost a committed batch: {batch:?} committed at seq {seq} in view {view}, \
+             NEW-VIEW {nv} (checkpoint {checkpoint}) carries {:?} there",
+            slots.get(&seq)
+        ))
+    }
+
+    /// A correct replica signed VIEW-CHANGE for `view` from its stable
+    /// checkpoint `checkpoint`, with certificates seq → (view, batch): every
+    /// slot above the checkpoint that prepared here in an earlier view must be
+    /// in it, at that view or a later one.
+    pub fn view_change(
+        &mut self,
+        at_ms: u64,
+        replica: usize,
+        view: u64,
+        checkpoint: u64,
+        certs: &BTreeMap<u64, (u64, Digest)>,
+    ) {
+        let Some(prepared) = self.prepared.get(&replica) else { return };
+        let mut lost = Vec::new();
+        for (&seq, &(v, batch)) in prepared.range(checkpoint + 1..) {
+            if v >= view {
+                continue;
+            }
+            let kept = certs.get(&seq).is_some_and(|&(cv, cb)| cv > v || (cv == v && cb == batch));
+            if !kept {
+                lost.push(format!(
+                    "replica {replica}'s VIEW-CHANGE to view {view} (checkpoint {checkpoint}) lost seq {seq}, \
+                     prepared in view {v} as {batch:?}; it carries {:?}",
+                    certs.get(&seq)
+                ));
+            }
+        }
+        for what in lost {
+            self.fail(at_ms, what);
+        }
+    }
+
+    /// A correct replica entered a view by this NEW-VIEW: every batch with a
+    /// commit certificate of an earlier view above its checkpoint (prepared
+    /// at f + 1 correct replicas, so at one in any 2f + 1 VIEW-CHANGEs) must
+    /// be what it assigns to that slot.
+    pub fn new_view(&mut self, at_ms: u64, nv: NewViewSummary) {
+        let mut lost = Vec::new();
+        for (&seq, certs) in self.certified.range(nv.checkpoint + 1..) {
+            for &(view, batch) in certs {
+                if let Err(what) = Self::survives(view, seq, batch, nv.view, nv.checkpoint, &nv.slots) {
+                    lost.push(what);
+                }
+            }
+        }
+        for what in lost {
+            self.fail(at_ms, what);
+        }
+        let known = self.new_views.iter().any(|(v, c, s)| *v == nv.view && *c == nv.checkpoint && *s == nv.slots);
+        if !known {
+            self.new_views.push((nv.view, nv.checkpoint, nv.slots));
         }
     }
 

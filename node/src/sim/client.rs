@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use libp2p_identity::{Keypair, PeerId};
+use libp2p_identity::PeerId;
+
+use super::keys::SimKey;
+use crate::wire::Signer as _;
 
 use crate::wire::{Digest, JobId, Operation, Reply, ReplyBody, Request, Signed};
 
@@ -17,7 +20,7 @@ pub struct Outstanding {
 }
 
 pub struct Client {
-    pub key: Keypair,
+    pub key: SimKey,
     pub peer: PeerId,
     pub next_number: u64,
     pub outstanding: BTreeMap<u64, Outstanding>,
@@ -26,14 +29,8 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(key: Keypair) -> Client {
-        Client {
-            peer: key.public().to_peer_id(),
-            key,
-            next_number: 1,
-            outstanding: BTreeMap::new(),
-            done: BTreeMap::new(),
-        }
+    pub fn new(key: SimKey) -> Client {
+        Client { peer: key.peer_id(), key, next_number: 1, outstanding: BTreeMap::new(), done: BTreeMap::new() }
     }
 
     /// Makes the next request; the caller sends it.
