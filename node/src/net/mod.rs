@@ -362,8 +362,16 @@ impl Net {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
             // A replica that restarted may listen elsewhere now: ask the
             // network where each missing one is, even if we know an address.
+            // Its entry in our own routing table goes first: Kademlia keeps
+            // a peer's last address however often dials to it fail, and a
+            // lookup seeded with that entry tries the dead address, marks
+            // the peer failed and never contacts it at the new address the
+            // other replicas answer with (seen: a gateway that never found
+            // a restarted replica). Our dialer keeps the old address.
             for peer in self.dialer.missing_peers() {
-                self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                kad.remove_peer(&peer);
+                kad.get_closest_peers(peer);
             }
         }
     }
