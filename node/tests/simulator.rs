@@ -166,19 +166,27 @@ fn a_weakened_quorum_is_caught_by_the_agreement_checker() {
     assert!(caught > 0, "with 1-of-n quorums an equivocating primary must split the replicas in some seed");
 }
 
-#[test]
-fn a_weakened_view_change_rule_is_caught_by_the_agreement_checker() {
-    // NEW-VIEW that forgets prepared certificates turns slots some replicas
-    // already executed into null requests at the others.
-    let caught = (0..100)
+/// How many of 100 seeds with a NEW-VIEW that forgets prepared certificates
+/// (a test-only knob) a checker whose violations start with `what` catches.
+fn forgetting_prepared_caught_by(what: &str) -> usize {
+    (0..100)
         .map(|seed| {
             let mut cfg = SimConfig::new(4, seed, FaultClass::PrimaryCrash);
             cfg.unsafe_forget_prepared_in_new_view = true;
             run(cfg)
         })
-        .filter(|r| r.violations.iter().any(|v| v.what.starts_with("agreement")))
-        .count();
-    assert!(caught > 0, "forgetting prepared certificates in NEW-VIEW must break agreement in some seed");
+        .filter(|r| r.violations.iter().any(|v| v.what.starts_with(what)))
+        .count()
+}
+
+#[test]
+fn a_weakened_view_change_rule_is_caught_by_the_agreement_checker() {
+    // NEW-VIEW that forgets prepared certificates turns slots some replicas
+    // already executed into null requests at the others.
+    assert!(
+        forgetting_prepared_caught_by("agreement") > 0,
+        "forgetting prepared certificates in NEW-VIEW must break agreement in some seed"
+    );
 }
 
 #[test]
@@ -186,15 +194,10 @@ fn a_weakened_view_change_rule_is_caught_by_the_survival_checker() {
     // The same broken NEW-VIEW, caught at once by the checker that a batch
     // with a commit certificate survives into every later view a correct
     // replica enters (before any replica executes the wrong batch).
-    let caught = (0..100)
-        .map(|seed| {
-            let mut cfg = SimConfig::new(4, seed, FaultClass::PrimaryCrash);
-            cfg.unsafe_forget_prepared_in_new_view = true;
-            run(cfg)
-        })
-        .filter(|r| r.violations.iter().any(|v| v.what.starts_with("view change lost a committed batch")))
-        .count();
-    assert!(caught > 0, "forgetting prepared certificates in NEW-VIEW must be caught by the survival checker");
+    assert!(
+        forgetting_prepared_caught_by("view change lost a committed batch") > 0,
+        "forgetting prepared certificates in NEW-VIEW must be caught by the survival checker"
+    );
 }
 
 #[test]
