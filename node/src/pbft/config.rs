@@ -14,6 +14,11 @@ pub struct Config {
     pub batch_max: usize,
     /// How long the primary waits to fill a batch while others are in flight.
     pub batch_delay_ms: Millis,
+    /// Batches the primary keeps ordered but not yet executed; beyond it,
+    /// requests wait and the next batch is bigger. Under load this trades
+    /// many small batches, each costing every replica its signatures and
+    /// verifications, for fewer full ones; an idle primary proposes at once.
+    pub pipeline_max: u64,
     /// Checkpoint every K sequence numbers.
     pub checkpoint_interval: u64,
     /// Watermark window L: sequence numbers in `h+1..=h+L` are accepted,
@@ -50,6 +55,7 @@ impl Config {
             replicas,
             batch_max: 128,
             batch_delay_ms: 2,
+            pipeline_max: 4,
             checkpoint_interval: 64,
             window: 256,
             pending_max: 65_536,
@@ -69,6 +75,7 @@ impl Config {
             self.batch_max >= 1 && self.batch_max <= limits::BATCH_REQUESTS_MAX,
             "batch_max in 1..=BATCH_REQUESTS_MAX"
         );
+        assert!(self.pipeline_max >= 1, "pipeline_max ≥ 1");
         assert!(self.checkpoint_interval >= 1, "K ≥ 1");
         assert!(
             self.window >= self.checkpoint_interval && self.window % self.checkpoint_interval == 0,

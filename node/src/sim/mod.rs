@@ -206,6 +206,8 @@ impl SimConfig {
         c.batch_delay_ms = 2;
         c.checkpoint_interval = 4;
         c.window = 8;
+        // No pipeline bound: the seeds keep the traces they had.
+        c.pipeline_max = u64::MAX;
         c.status_interval_ms = 100;
         c.fetch_retry_ms = 50;
         c.help_slots_max = 8;

@@ -658,6 +658,9 @@ impl Replica {
             if in_flight > 0 && !full && self.now < oldest + self.cfg.batch_delay_ms {
                 return;
             }
+            if in_flight >= self.cfg.pipeline_max {
+                return;
+            }
             let mut requests = Vec::new();
             while requests.len() < self.cfg.batch_max {
                 let Some((d, _)) = self.pending.pop_front() else {
@@ -1043,11 +1046,59 @@ impl Replica {
         if let Some(d) = self.view_change_deadline() {
             at = at.min(d);
         }
-        if self.is_primary() {
+        // A primary wakes when the oldest request has waited long enough to
+        // go in a batch; at its pipeline bound it waits for a batch to
+        // execute instead (a timer already due would spin).
+        let in_flight = (self.next_seq - 1).saturating_sub(self.executed);
+        if self.is_primary() && in_flight < self.cfg.pipeline_max {
             if let Some((_, oldest)) = self.pending.iter().find(|(d, _)| self.queued.contains(d)) {
                 at = at.min(oldest + self.cfg.batch_delay_ms);
             }
         }
         at.max(self.now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::wire::testkit::Net;
+    use crate::wire::{Envelope, Kind, Operation, Request, Signed};
+
+    /// Replica 0, primary of view 0, handed `count` requests one at a time
+    /// with no batching delay: how many PRE-PREPAREs it sends (nothing
+    /// executes, as no other replica answers), and whether it then wants a
+    /// timer that is due already.
+    fn proposals(pipeline_max: u64, count: u64) -> (usize, bool) {
+        let net = Net::new();
+        let mut cfg = Config::new(net.network(), net.members.replica_ids());
+        cfg.batch_delay_ms = 0;
+        cfg.pipeline_max = pipeline_max;
+        let mut primary = Replica::new(cfg, Arc::new(net.replicas[0].clone()), Arc::new(net.members.clone()));
+        let (mut pre_prepares, mut due) = (0, false);
+        for number in 1..=count {
+            let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
+            let req = Request { gateway: net.gateway.public().to_peer_id(), number, delivery: None, op };
+            primary.step(10, Input::Request(Signed::seal(req, &net.network(), &net.gateway)));
+            let ready = primary.take_ready();
+            for out in &ready.messages {
+                if let Outbound::Signed { bytes, .. } = out {
+                    let env = Envelope::open(bytes, &net.network(), &net.members).expect("signed by the primary");
+                    pre_prepares += usize::from(env.kind == Kind::PrePrepare);
+                }
+            }
+            due = ready.wake_at.is_some_and(|at| at <= 10);
+        }
+        (pre_prepares, due)
+    }
+
+    #[test]
+    fn the_primary_keeps_at_most_pipeline_max_batches_in_flight_without_spinning() {
+        // Uncapped, each request goes out in a batch of its own at once.
+        assert_eq!(proposals(u64::MAX, 10), (10, false));
+        // Capped, the rest wait (for a batch to execute, not for a timer).
+        assert_eq!(proposals(2, 10), (2, false));
     }
 }
