@@ -7,9 +7,7 @@ use std::sync::Arc;
 use libp2p_identity::PeerId;
 
 use super::keys::SimKey;
-use crate::wire::Signer as _;
-
-use crate::wire::{Digest, JobId, Operation, Reply, ReplyBody, Request, Signed};
+use crate::wire::{Digest, JobId, Operation, Reply, ReplyBody, Request, Signed, Signer as _};
 
 pub struct Outstanding {
     pub digest: Digest,

@@ -25,7 +25,8 @@ pub struct SimKey {
 }
 
 impl SimKey {
-    /// The simulator key of an ed25519 keypair (its secret seeds the hash key).
+    /// The simulator key for the identity of an ed25519 keypair, signing
+    /// with `secret`.
     pub fn new(key: &Keypair, secret: [u8; 32]) -> SimKey {
         SimKey { peer: key.public().to_peer_id(), secret }
     }

@@ -30,8 +30,9 @@ use sha2::Digest as _;
 
 use crate::membership::{Member, Membership};
 use crate::pbft::{Config, Input, Message, Millis, Outbound, Record, Replica, Target};
-use crate::wire::Signer as _;
-use crate::wire::{Digest, Envelope, Kind, NetworkId, NewView, PrePrepare, Reply, Request, Sha256, Signed, ViewChange};
+use crate::wire::{
+    Digest, Envelope, Kind, NetworkId, NewView, PrePrepare, Reply, Request, Sha256, Signed, Signer as _, ViewChange,
+};
 use checker::{Checker, Violation};
 use client::Client;
 use keys::{SimKey, SimVerifier};

@@ -634,6 +634,11 @@ impl Replica {
         }
     }
 
+    /// Batches this primary proposed that have not executed yet.
+    fn batches_in_flight(&self) -> u64 {
+        (self.next_seq - 1).saturating_sub(self.executed)
+    }
+
     /// The primary proposes batches: at once when nothing is in flight, else
     /// when a batch is full or its oldest request waited `batch_delay_ms`.
     fn try_propose(&mut self) {
@@ -653,7 +658,7 @@ impl Replica {
             if !self.in_window(self.next_seq) {
                 return;
             }
-            let in_flight = self.next_seq - 1 - self.executed;
+            let in_flight = self.batches_in_flight();
             let full = self.queued.len() >= self.cfg.batch_max;
             if in_flight > 0 && !full && self.now < oldest + self.cfg.batch_delay_ms {
                 return;
@@ -1049,8 +1054,7 @@ impl Replica {
         // A primary wakes when the oldest request has waited long enough to
         // go in a batch; at its pipeline bound it waits for a batch to
         // execute instead (a timer already due would spin).
-        let in_flight = (self.next_seq - 1).saturating_sub(self.executed);
-        if self.is_primary() && in_flight < self.cfg.pipeline_max {
+        if self.is_primary() && self.batches_in_flight() < self.cfg.pipeline_max {
             if let Some((_, oldest)) = self.pending.iter().find(|(d, _)| self.queued.contains(d)) {
                 at = at.min(oldest + self.cfg.batch_delay_ms);
             }
