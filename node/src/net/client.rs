@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use libp2p_identity::{Keypair, PeerId};
 use tokio::sync::{mpsc, oneshot};
-use tracing::debug;
 
 use super::{Channel, Net, NetConfig, NetError, NetEvent, Opened, Role};
 use crate::membership::Membership;
@@ -85,6 +84,8 @@ pub const RETRY_MAX: Duration = Duration::from_secs(8);
 
 /// Commands and events queued between the caller and the swarm task.
 const QUEUE_MAX: usize = 65_536;
+/// Commands taken in one round, before the requests among them are published.
+const COMMANDS_ROUND_MAX: usize = 1024;
 /// Where the replicas' answers to one log fetch go, with their index.
 pub type LogAnswers = mpsc::Sender<(usize, JobLogs)>;
 
@@ -117,6 +118,7 @@ impl Client {
             membership: cfg.membership,
             retry: cfg.retry,
             outstanding: HashMap::new(),
+            submitted: Vec::new(),
             events: event_tx,
             log_fetches: Vec::new(),
         };
@@ -197,6 +199,8 @@ struct Task {
     membership: Arc<Membership>,
     retry: Duration,
     outstanding: HashMap<Digest, Outstanding>,
+    /// Requests submitted this round, published together at its end.
+    submitted: Vec<Arc<[u8]>>,
     events: mpsc::Sender<ClientEvent>,
     /// Log fetches under way: the job, when asked, where answers go.
     log_fetches: Vec<(JobId, Instant, LogAnswers)>,
@@ -208,10 +212,19 @@ impl Task {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    None => return,
-                    Some(cmd) => self.on_command(cmd),
-                },
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    self.on_command(cmd);
+                    // What else was queued goes out with it: one gossip
+                    // message for the requests submitted meanwhile.
+                    for _ in 1..COMMANDS_ROUND_MAX {
+                        match commands.try_recv() {
+                            Ok(cmd) => self.on_command(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                    self.publish_submitted();
+                }
                 event = self.net.next_event() => {
                     for e in self.on_net_event(event) {
                         if self.events.send(e).await.is_err() {
@@ -228,9 +241,7 @@ impl Task {
         match cmd {
             Command::Submit(req) => {
                 let digest = req.msg.digest();
-                if let Err(e) = self.net.publish(req.bytes()) {
-                    debug!("request {}: {e}", req.msg.number);
-                }
+                self.submitted.push(req.shared_bytes());
                 self.outstanding.insert(
                     digest,
                     Outstanding {
@@ -264,6 +275,12 @@ impl Task {
                 let _ = tx.send(self.net.connected_replicas());
             }
         }
+    }
+
+    fn publish_submitted(&mut self) {
+        let submitted = std::mem::take(&mut self.submitted);
+        let requests: Vec<&[u8]> = submitted.iter().map(|r| &r[..]).collect();
+        self.net.publish_requests(&requests);
     }
 
     fn on_net_event(&mut self, event: NetEvent) -> Vec<ClientEvent> {

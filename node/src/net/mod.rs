@@ -290,6 +290,14 @@ impl Net {
         Ok(())
     }
 
+    /// Publishes signed requests (this gateway's, so not checked again):
+    /// bundled, so that gossipsub signs and checks one message for many.
+    pub fn publish_requests(&mut self, requests: &[&[u8]]) {
+        for bytes in wire::RequestBundle::pack(requests) {
+            self.publish_raw(Channel::Requests, bytes);
+        }
+    }
+
     /// Publishes bytes as they are, unchecked (tools and tests: this is how
     /// a faulty peer would publish). Failures are logged, not returned: gossip
     /// is best effort, retransmission covers losses.
@@ -458,12 +466,13 @@ impl Net {
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message }) => {
                 let channel = self.topics.get(&message.topic).copied();
                 let verdict = match channel {
-                    Some(c) => self.recent.open(&message.data, Some(c), &self.membership).map_err(|e| e.to_string()),
+                    Some(c) => self.recent.open_gossip(&message.data, c, &self.membership).map_err(|e| e.to_string()),
                     None => Err("unknown topic".to_string()),
                 };
                 let acceptance = match verdict {
                     Ok(opened) => {
-                        self.pending.push_back(NetEvent::Signed { from: propagation_source, opened });
+                        let from = propagation_source;
+                        self.pending.extend(opened.into_iter().map(|opened| NetEvent::Signed { from, opened }));
                         MessageAcceptance::Accept
                     }
                     Err(reason) => {

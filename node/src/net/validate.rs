@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::topics::Channel;
 use crate::membership::Membership;
 use crate::pbft::Message;
-use crate::wire::{limits, Envelope, Kind, OpenError, Reply, Request, Signed};
+use crate::wire::{limits, Envelope, Kind, OpenError, Reply, Request, RequestBundle, Signed};
 
 /// A signed message that passed every check.
 #[derive(Clone, Debug)]
@@ -113,6 +113,21 @@ impl Recent {
         Recent { opened: Default::default(), order: Default::default(), max }
     }
 
+    /// Opens what came by gossip on `channel`: one signed message, or on the
+    /// requests topic a [`RequestBundle`], every request of which must open.
+    pub fn open_gossip(
+        &mut self,
+        bytes: &[u8],
+        channel: Channel,
+        membership: &Membership,
+    ) -> Result<Vec<Opened>, Invalid> {
+        if channel == Channel::Requests && RequestBundle::looks_like(bytes) {
+            let bundle = RequestBundle::decode(bytes).map_err(OpenError::from)?;
+            return bundle.0.iter().map(|r| self.open(&r.0, Some(channel), membership)).collect();
+        }
+        self.open(bytes, Some(channel), membership).map(|opened| vec![opened])
+    }
+
     /// [`open`], remembering what opened.
     pub fn open(&mut self, bytes: &[u8], channel: Option<Channel>, membership: &Membership) -> Result<Opened, Invalid> {
         if bytes.len() > limits::ENVELOPE_BYTES_MAX {
@@ -158,7 +173,7 @@ mod tests {
 
     use super::*;
     use crate::membership::Member;
-    use crate::wire::{Digest, Operation, Prepare, ReplyBody};
+    use crate::wire::{Digest, Operation, Prepare, ReplyBody, SignedBytes};
 
     struct Net {
         replicas: Vec<Keypair>,
@@ -242,6 +257,68 @@ mod tests {
         assert_eq!(recent.opened.len(), 2);
         assert!(recent.open(&req, None, &n.members).is_ok());
         assert!(recent.open(b"garbage", None, &n.members).is_err());
+    }
+
+    #[test]
+    fn a_bundle_of_requests_opens_to_each_request_or_not_at_all() {
+        let n = net();
+        let mut recent = Recent::new(64);
+        let numbered = |i: u64| {
+            let req = Request {
+                gateway: n.gateway.public().to_peer_id(),
+                number: i,
+                delivery: None,
+                op: Operation::Run { repo: "file:///r".into(), git_ref: "master".into(), commit: None },
+            };
+            Signed::seal(req, &n.members.network_id(), &n.gateway).bytes().to_vec()
+        };
+        let reqs: Vec<Vec<u8>> = (1..=3).map(numbered).collect();
+        let refs: Vec<&[u8]> = reqs.iter().map(|r| &r[..]).collect();
+        let packed = RequestBundle::pack(&refs);
+        assert_eq!(packed.len(), 1);
+        let opened = recent.open_gossip(&packed[0], Channel::Requests, &n.members).unwrap();
+        let numbers: Vec<u64> = opened
+            .iter()
+            .map(|o| match o {
+                Opened::Request(r) => r.msg.number,
+                other => panic!("not a request: {other:?}"),
+            })
+            .collect();
+        assert_eq!(numbers, [1, 2, 3]);
+        // A single request is published as itself, and opens as before.
+        assert_eq!(RequestBundle::pack(&refs[..1]), vec![reqs[0].clone()]);
+        assert_eq!(recent.open_gossip(&reqs[0], Channel::Requests, &n.members).unwrap().len(), 1);
+
+        // One bad item spoils the bundle: a protocol message, a request by a
+        // replica, a broken signature, garbage.
+        let mut forged = numbered(4);
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        for bad in [prepare(&n, &n.replicas[0]), request(&n, &n.replicas[1]), forged, b"garbage".to_vec()] {
+            let bundle = crate::wire::encode(&RequestBundle(vec![SignedBytes(numbered(5)), SignedBytes(bad)]));
+            assert!(RequestBundle::looks_like(&bundle));
+            assert!(recent.open_gossip(&bundle, Channel::Requests, &n.members).is_err());
+        }
+        // Empty, or over the count bound; and bundles only travel as requests.
+        let empty = crate::wire::encode(&RequestBundle(Vec::new()));
+        assert!(recent.open_gossip(&empty, Channel::Requests, &n.members).is_err());
+        let many = vec![SignedBytes(numbered(6)); limits::BUNDLE_REQUESTS_MAX + 1];
+        let many = crate::wire::encode(&RequestBundle(many));
+        assert!(recent.open_gossip(&many, Channel::Requests, &n.members).is_err());
+        assert!(recent.open_gossip(&packed[0], Channel::Consensus, &n.members).is_err());
+        assert!(recent.open(&packed[0], None, &n.members).is_err());
+    }
+
+    #[test]
+    fn pack_splits_at_the_count_bound() {
+        let n = net();
+        let one = request(&n, &n.gateway);
+        let reqs = vec![&one[..]; limits::BUNDLE_REQUESTS_MAX + 1];
+        let packed = RequestBundle::pack(&reqs);
+        assert_eq!(packed.len(), 2);
+        assert_eq!(RequestBundle::decode(&packed[0]).unwrap().0.len(), limits::BUNDLE_REQUESTS_MAX);
+        assert_eq!(packed[1], one);
+        assert!(RequestBundle::pack(&[]).is_empty());
     }
 
     #[test]

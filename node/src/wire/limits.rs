@@ -9,6 +9,8 @@ pub const ENVELOPE_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const REQUEST_BYTES_MAX: usize = 16 * 1024;
 /// Requests one pre-prepare may order.
 pub const BATCH_REQUESTS_MAX: usize = 512;
+/// Requests one gossip message of a gateway may carry ([`super::RequestBundle`]).
+pub const BUNDLE_REQUESTS_MAX: usize = 256;
 /// Replicas a network may have (n = 3f + 1, so f ≤ 21).
 pub const REPLICAS_MAX: usize = 64;
 /// Gateways a membership may list.

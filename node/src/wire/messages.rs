@@ -9,7 +9,7 @@
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
-use super::codec::encode;
+use super::codec::{decode, encode, DecodeError};
 use super::envelope::{Kind, WireMessage};
 use super::limits::*;
 use super::Digest;
@@ -328,6 +328,62 @@ impl WireMessage for Checkpoint {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SignedBytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// Several signed requests in one gossip message. A gateway under load
+/// publishes the requests it has ready together, so gossipsub signs, and
+/// checks per copy received, one message for all of them; each request keeps
+/// its own signature (fetching by digest and certificates need it). Encoded
+/// as a CBOR array, never mistaken for an envelope (a CBOR map).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestBundle(pub Vec<SignedBytes>);
+
+impl RequestBundle {
+    /// Whether `bytes` starts as a bundle does (a CBOR array), rather than as
+    /// a single envelope.
+    pub fn looks_like(bytes: &[u8]) -> bool {
+        bytes.first().is_some_and(|b| b >> 5 == 4)
+    }
+
+    /// Decodes a bundle within the bounds: at most [`BUNDLE_REQUESTS_MAX`]
+    /// requests in at most [`ENVELOPE_BYTES_MAX`] bytes.
+    pub fn decode(bytes: &[u8]) -> Result<RequestBundle, DecodeError> {
+        let bundle: RequestBundle = decode(bytes, ENVELOPE_BYTES_MAX)?;
+        if bundle.0.is_empty() || bundle.0.len() > BUNDLE_REQUESTS_MAX {
+            return Err(DecodeError::Invalid("a request bundle holds 1 to BUNDLE_REQUESTS_MAX requests"));
+        }
+        Ok(bundle)
+    }
+
+    /// Groups `requests` (signed request bytes, in order) into the fewest
+    /// encoded gossip messages within the bounds; a group of one is the
+    /// request's own bytes.
+    pub fn pack(requests: &[&[u8]]) -> Vec<Vec<u8>> {
+        fn close(group: &mut Vec<SignedBytes>, out: &mut Vec<Vec<u8>>) {
+            match group.len() {
+                0 => {}
+                1 => out.extend(group.pop().map(|r| r.0)),
+                _ => out.push(encode(&RequestBundle(std::mem::take(group)))),
+            }
+        }
+        // Headroom for the array's and each byte string's CBOR header.
+        let fits =
+            |count: usize, bytes: usize| count < BUNDLE_REQUESTS_MAX && bytes + 16 * (count + 1) < ENVELOPE_BYTES_MAX;
+        let mut out = Vec::new();
+        let mut group: Vec<SignedBytes> = Vec::new();
+        let mut bytes = 0;
+        for r in requests {
+            if !fits(group.len(), bytes + r.len()) {
+                close(&mut group, &mut out);
+                bytes = 0;
+            }
+            bytes += r.len();
+            group.push(SignedBytes(r.to_vec()));
+        }
+        close(&mut group, &mut out);
+        out
+    }
+}
 
 /// Proof that a slot prepared: its pre-prepare and 2f matching prepares.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
