@@ -17,6 +17,9 @@ mod view_change;
 
 use view_change::ViewChangeState;
 
+/// Stale entries `pending` may hold beyond twice the queued requests.
+const PENDING_SLACK: usize = 64;
+
 use super::config::Config;
 use super::io::*;
 use super::quorum::Quorum;
@@ -400,6 +403,13 @@ impl Replica {
     }
 
     fn queue(&mut self, digest: Digest) {
+        // Entries whose request left `queued` are skipped lazily when the
+        // primary proposes; a backup never does, so compact them here or
+        // they pile up for as long as it runs.
+        if self.pending.len() >= 2 * self.queued.len() + PENDING_SLACK {
+            let queued = &self.queued;
+            self.pending.retain(|(d, _)| queued.contains(d));
+        }
         self.queued.insert(digest);
         self.pending.push_back((digest, self.now));
     }
@@ -1096,6 +1106,36 @@ mod tests {
             due = ready.wake_at.is_some_and(|at| at <= 10);
         }
         (pre_prepares, due)
+    }
+
+    #[test]
+    fn a_backup_forgets_the_requests_it_saw_ordered() {
+        let net = Net::new();
+        let mut cfg = Config::new(net.network(), net.members.replica_ids());
+        cfg.batch_delay_ms = 0;
+        // One batch per request, all within the first watermark window.
+        cfg.pipeline_max = u64::MAX;
+        let count = cfg.window - 1;
+        let replica =
+            |i: usize| Replica::new(cfg.clone(), Arc::new(net.replicas[i].clone()), Arc::new(net.members.clone()));
+        let (mut primary, mut backup) = (replica(0), replica(1));
+        for number in 1..=count {
+            let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
+            let req = Request { gateway: net.gateway.public().to_peer_id(), number, delivery: None, op };
+            let req = Signed::seal(req, &net.network(), &net.gateway);
+            backup.step(10, Input::Request(req.clone()));
+            primary.step(10, Input::Request(req));
+            for out in primary.take_ready().messages {
+                if let Outbound::Signed { bytes, .. } = out {
+                    let message = Message::open(&bytes, &net.network(), &net.members).expect("signed by the primary");
+                    backup.step(10, Input::Message(message));
+                }
+            }
+            let _ = backup.take_ready();
+        }
+        // Every request went into a pre-prepare: none is left to propose.
+        assert!(backup.queued.is_empty());
+        assert!(backup.pending.len() <= PENDING_SLACK, "{} stale entries", backup.pending.len());
     }
 
     #[test]
