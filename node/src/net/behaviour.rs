@@ -77,6 +77,9 @@ impl Behaviour {
             .gossip_lazy(3)
             .heartbeat_interval(Duration::from_millis(700))
             .flood_publish(true)
+            // Copies arrive within moments of the first; a minute of ids
+            // (the default) is memory kept per message for nothing.
+            .duplicate_cache_time(Duration::from_secs(15))
             .build()
             .map_err(|e| format!("gossipsub config: {e}"))?;
         let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)?;

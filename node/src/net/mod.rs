@@ -154,8 +154,10 @@ impl std::fmt::Debug for Responder {
     }
 }
 
-/// Signed messages remembered as opened (each one a few hundred bytes).
-const RECENT_MAX: usize = 16_384;
+/// Signed messages remembered as opened (each one a few hundred bytes, ~1 KB
+/// with its map entry): seconds of traffic at saturation, enough for the
+/// copies and retransmissions that follow a message closely.
+const RECENT_MAX: usize = 4096;
 /// How often the dialer and Kademlia are looked after.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
 /// Kademlia bootstrap while some wanted peer is missing, and otherwise.

@@ -49,8 +49,11 @@ use schema::*;
 use crate::pbft::{Batch, Record};
 use crate::wire::{Digest, JobId, Kind, SignedBytes};
 
-/// Page cache of the database, whatever the size of the file.
-pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Page cache of the database, whatever the size of the file. redb fills it
+/// (written pages go in too) and keeps it full: it is a fixed share of a
+/// replica's memory. Reads are by key and the hot pages are few (the
+/// metadata, the tails of the tables written in order).
+pub const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// A job of the job log, as [`Store::job`] returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
