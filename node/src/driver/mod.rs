@@ -34,7 +34,9 @@ use tracing::{debug, info, warn};
 
 use crate::membership::Membership;
 use crate::net::{Net, NetConfig, NetError, NetEvent, Opened, Role};
-use crate::pbft::{Batch, Config, Input, Message, Millis, Note, Outbound, Ready, Replica, RestoreError, Target};
+use crate::pbft::{
+    Batch, Config, Input, Message, Millis, Note, Outbound, Ready, Record, Replica, RestoreError, Target,
+};
 use crate::store::{Store, StoreError};
 use crate::wire::{
     limits, Checkpoint, Digest, Envelope, JobId, Operation, PeerRequest, PeerResponse, Reply, ReplyBody, Request,
@@ -54,6 +56,9 @@ const HELD_REPLIES_MAX: usize = 4096;
 const ROUND_EVENTS_MAX: usize = 256;
 /// Replies one answer to a `Replies` request carries.
 const SERVED_REPLIES_MAX: usize = 64;
+/// Records of quiet Readies held for the next commit (past it, they are
+/// committed at once).
+const DEFERRED_MAX: usize = 4096;
 /// Evidence lines remembered, so that a retransmitted proof is logged once.
 const EVIDENCE_SHOWN_MAX: usize = 4096;
 
@@ -115,6 +120,12 @@ pub async fn run(cfg: NodeConfig, mut shutdown: Shutdown) -> Result<(), DriverEr
             }
         }
     }
+    // Not needed for safety (nothing sent depends on them), but a clean
+    // stop keeps what it heard.
+    let deferred = std::mem::take(&mut driver.deferred);
+    if let Err(e) = driver.store.commit_ready(&deferred, &[]) {
+        warn!("keeping the last messages received: {e}");
+    }
     // Jobs stopped now are not cancelled by consensus: their outcomes are
     // never signed, and they run again at the next start.
     driver.executor.shutdown().await;
@@ -141,6 +152,8 @@ struct Driver {
     wake: Pin<Box<Sleep>>,
     /// Inputs the driver owes the core (batches recorded).
     inputs: VecDeque<Input>,
+    /// Records of quiet Readies, persisted with the next Ready's.
+    deferred: Vec<Record>,
     running: HashMap<JobId, tokio::task::AbortHandle>,
     done_tx: mpsc::Sender<JobDone>,
     done_rx: mpsc::Receiver<JobDone>,
@@ -210,6 +223,7 @@ impl Driver {
             started,
             wake: Box::pin(tokio::time::sleep_until(started)),
             inputs: VecDeque::new(),
+            deferred: Vec::new(),
             running: HashMap::new(),
             done_tx,
             done_rx,
@@ -294,8 +308,16 @@ impl Driver {
         }
         // One durable transaction (group commit) for everything this Ready
         // asks to persist and the batches it commits to the job log, before
-        // anything of it is sent and before its jobs start.
-        let new_batches = self.store.commit_ready(&ready.persist, &ready.execute)?;
+        // anything of it is sent and before its jobs start; with it, what
+        // quiet Readies before it deferred (`Ready::is_quiet`).
+        let new_batches = if ready.is_quiet() && self.deferred.len() + ready.persist.len() <= DEFERRED_MAX {
+            self.deferred.extend(ready.persist);
+            Vec::new()
+        } else {
+            let mut records = std::mem::take(&mut self.deferred);
+            records.extend(ready.persist);
+            self.store.commit_ready(&records, &ready.execute)?
+        };
         #[cfg(feature = "fault-injection")]
         let ready = self.fault.ready(self.replica.view(), ready);
         let mut point_to_point: BTreeMap<usize, Vec<SignedBytes>> = BTreeMap::new();

@@ -187,6 +187,16 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// Nothing of it leaves the replica or executes: it only took in
+    /// messages (and perhaps a stable checkpoint). Its records may then wait
+    /// for the next Ready that is not quiet, and be persisted with that one's,
+    /// before anything of it is sent: what no message has depended on yet may
+    /// be lost in a crash like a message in transit (PBFT survives both), and
+    /// an fsync for each message received would sit on every slot's path.
+    pub fn is_quiet(&self) -> bool {
+        self.messages.is_empty() && self.replies.is_empty() && self.execute.is_empty() && self.skipped.is_empty()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.persist.is_empty()
             && self.messages.is_empty()

@@ -179,6 +179,10 @@ pub struct SimConfig {
     /// Probability a request reuses an earlier delivery id (a redelivered
     /// webhook, possibly through another gateway).
     pub redeliver: f64,
+    /// Replicas persist the records of quiet Readies only with the next
+    /// Ready that sends or executes something, as the driver does; a crash
+    /// loses them ([`crate::pbft::Ready::is_quiet`]). Off: every Ready's records at once.
+    pub defer_quiet_records: bool,
 }
 
 impl SimConfig {
@@ -196,6 +200,7 @@ impl SimConfig {
             heal_at_ms: 2_500,
             end_ms: 9_000,
             redeliver: 0.15,
+            defer_quiet_records: true,
         }
     }
 
@@ -306,6 +311,8 @@ struct Node {
     /// Bumped at each restart, so timers of a dead incarnation are ignored.
     epoch: u64,
     store: Vec<Record>,
+    /// Records of quiet Readies not yet in `store` (lost in a crash).
+    deferred: Vec<Record>,
     wake_at: Option<Millis>,
 }
 
@@ -455,7 +462,16 @@ impl Sim {
 
     fn add_node(&mut self, id: usize, side: u8, key: Arc<SimKey>) {
         let replica = Replica::new(self.replica_config(), key.clone(), self.shared.verifier.clone());
-        self.nodes.push(Node { id, side, key, replica: Some(replica), epoch: 0, store: Vec::new(), wake_at: None });
+        self.nodes.push(Node {
+            id,
+            side,
+            key,
+            replica: Some(replica),
+            epoch: 0,
+            store: Vec::new(),
+            deferred: Vec::new(),
+            wake_at: None,
+        });
     }
 
     /// How many cores run (twins included).
@@ -619,7 +635,13 @@ impl Sim {
                 }
             }
         }
-        self.nodes[i].store.extend(ready.persist);
+        let node = &mut self.nodes[i];
+        if self.cfg.defer_quiet_records && ready.is_quiet() {
+            node.deferred.extend(ready.persist);
+        } else {
+            node.store.append(&mut node.deferred);
+            node.store.extend(ready.persist);
+        }
         for out in ready.messages {
             self.outbound(i, out, correct);
         }
@@ -984,6 +1006,7 @@ impl Sim {
                 }
                 self.trace(8, replica as u64, 0, &[]);
                 self.nodes[replica].replica = None;
+                self.nodes[replica].deferred.clear();
                 self.nodes[replica].epoch += 1;
                 self.nodes[replica].wake_at = None;
                 let back = self.now + self.rng.random_range(50..600);
