@@ -126,6 +126,7 @@ fn assert_seeds(n: usize, class: FaultClass, byzantine: Byzantine, seeds: &[u64]
             cfg.byzantine = Some(byzantine);
             // The traces these seeds were found with: every record at once.
             cfg.defer_quiet_records = false;
+            cfg.help_only_lagging = false;
             run(cfg)
         })
         .filter(|r| !r.ok())

@@ -38,6 +38,12 @@ pub struct Config {
     pub view_change_doublings_max: u32,
     /// Slots one answer to a lagging replica's status carries.
     pub help_slots_max: u64,
+    /// Help a replica only once it is behind what this one had executed a
+    /// status interval ago (or below its log): under load, replicas a few
+    /// slots apart are in the pipeline, not lagging, and answering each
+    /// status with every message of the slots in flight multiplied the
+    /// traffic. Off: help whenever behind (older simulator traces).
+    pub help_only_lagging: bool,
     /// **Test-only**: (prepares, commits) that make a slot prepared and
     /// committed, in place of 2f and 2f + 1. Exists so the simulator can prove
     /// its checkers catch a weakened quorum; `None` everywhere else.
@@ -62,6 +68,7 @@ impl Config {
             status_interval_ms: 500,
             fetch_retry_ms: 200,
             help_slots_max: 16,
+            help_only_lagging: true,
             view_change_timeout_ms: 2_000,
             view_change_doublings_max: 5,
             unsafe_quorum_override: None,

@@ -183,6 +183,8 @@ pub struct SimConfig {
     /// Ready that sends or executes something, as the driver does; a crash
     /// loses them ([`crate::pbft::Ready::is_quiet`]). Off: every Ready's records at once.
     pub defer_quiet_records: bool,
+    /// [`Config::help_only_lagging`].
+    pub help_only_lagging: bool,
 }
 
 impl SimConfig {
@@ -201,6 +203,7 @@ impl SimConfig {
             end_ms: 9_000,
             redeliver: 0.15,
             defer_quiet_records: true,
+            help_only_lagging: true,
         }
     }
 
@@ -219,6 +222,7 @@ impl SimConfig {
         c.help_slots_max = 8;
         c.view_change_timeout_ms = 500;
         c.view_change_doublings_max = 2;
+        c.help_only_lagging = self.help_only_lagging;
         c.unsafe_quorum_override = self.unsafe_quorum_override;
         c.unsafe_forget_prepared_in_new_view = self.unsafe_forget_prepared_in_new_view;
         c

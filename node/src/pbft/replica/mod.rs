@@ -98,6 +98,9 @@ pub struct Replica {
     stable_state: Arc<[u8]>,
 
     last_status: Millis,
+    /// What this replica had executed at its last two status broadcasts:
+    /// the first is at least a status interval old.
+    executed_marks: [u64; 2],
     /// Per peer: when we last helped it, and when we last asked it for help.
     helped_at: HashMap<usize, Millis>,
     asked_at: HashMap<usize, Millis>,
@@ -143,6 +146,7 @@ impl Replica {
             stable_proof: Vec::new(),
             stable_state,
             last_status: 0,
+            executed_marks: [0; 2],
             helped_at: HashMap::new(),
             asked_at: HashMap::new(),
             vc: ViewChangeState::default(),
@@ -214,6 +218,7 @@ impl Replica {
             }
         }
         r.restoring = false;
+        r.executed_marks = [r.executed; 2];
         // Votes held back during the replay go out now, if still due.
         let seqs: Vec<u64> = r.slots.keys().copied().collect();
         for seq in seqs {
@@ -923,7 +928,8 @@ impl Replica {
                 self.ready.messages.push(Outbound::Signed { to: Target::Replica(from), bytes });
             }
         }
-        if executed < self.executed {
+        let lagging = !self.cfg.help_only_lagging || executed < self.low || executed < self.executed_marks[0];
+        if executed < self.executed && lagging {
             self.help(from, executed);
         } else if executed > self.executed {
             if view == self.view && !changing {
@@ -997,6 +1003,7 @@ impl Replica {
         self.check_view_timer();
         if self.now >= self.last_status + self.cfg.status_interval_ms {
             self.last_status = self.now;
+            self.executed_marks = [self.executed_marks[1], self.executed];
             self.send_status(Target::All);
             self.retransmit();
         }
