@@ -295,7 +295,7 @@ impl Driver {
     }
 
     /// The driver contract: persist, then send, then record and execute.
-    fn handle(&mut self, ready: Ready) -> Result<(), DriverError> {
+    fn handle(&mut self, mut ready: Ready) -> Result<(), DriverError> {
         if !ready.is_empty() {
             tracing::trace!(
                 persist = ready.persist.len(),
@@ -310,12 +310,13 @@ impl Driver {
         // asks to persist and the batches it commits to the job log, before
         // anything of it is sent and before its jobs start; with it, what
         // quiet Readies before it deferred (`Ready::is_quiet`).
-        let new_batches = if ready.is_quiet() && self.deferred.len() + ready.persist.len() <= DEFERRED_MAX {
-            self.deferred.extend(ready.persist);
+        let persist = std::mem::take(&mut ready.persist);
+        let new_batches = if ready.is_quiet() && self.deferred.len() + persist.len() <= DEFERRED_MAX {
+            self.deferred.extend(persist);
             Vec::new()
         } else {
             let mut records = std::mem::take(&mut self.deferred);
-            records.extend(ready.persist);
+            records.extend(persist);
             self.store.commit_ready(&records, &ready.execute)?
         };
         #[cfg(feature = "fault-injection")]
