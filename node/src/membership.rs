@@ -14,15 +14,16 @@
 //! peer_id = "12D3KooW..."
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use libp2p_identity::{PeerId, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::pbft::quorum::Quorum;
 use crate::wire::public_key_of;
-use crate::wire::{limits, NetworkId, Roster, Verifier};
+use crate::wire::{limits, Digest, NetworkId, Roster, Verifier};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +65,7 @@ pub struct Membership {
     quorum: Quorum,
     keys: HashMap<PeerId, PublicKey>,
     index: HashMap<PeerId, usize>,
+    roots: Arc<VerifiedRoots>,
 }
 
 impl Membership {
@@ -109,7 +111,17 @@ impl Membership {
         }
         let ids: Vec<PeerId> = replicas.iter().map(|m| m.peer_id).collect();
         let network = NetworkId::new(&name, &ids);
-        Ok(Membership { name, replicas, gateways, repos, network, quorum: Quorum::new(n), keys, index })
+        Ok(Membership {
+            name,
+            replicas,
+            gateways,
+            repos,
+            network,
+            quorum: Quorum::new(n),
+            keys,
+            index,
+            roots: Arc::default(),
+        })
     }
 
     pub fn to_toml(&self) -> String {
@@ -158,6 +170,45 @@ impl Membership {
 impl Verifier for Membership {
     fn verify(&self, signer: &PeerId, msg: &[u8], sig: &[u8]) -> bool {
         self.keys.get(signer).is_some_and(|k| k.verify(msg, sig))
+    }
+
+    fn verify_root(&self, signer: &PeerId, msg: &[u8], sig: &[u8]) -> bool {
+        let seen = Digest::of_parts(b"pbft-ci/verified-root", &[&signer.to_bytes(), msg, sig]);
+        if self.roots.contains(&seen) {
+            return true;
+        }
+        let good = self.verify(signer, msg, sig);
+        if good {
+            self.roots.insert(seen);
+        }
+        good
+    }
+}
+
+/// Batch roots whose signature this membership checked, the newest
+/// [`VERIFIED_ROOTS_MAX`]: the envelopes of one batch (a round's replies, a
+/// bundle of requests) arrive together, each opened alone.
+#[derive(Debug, Default)]
+struct VerifiedRoots(Mutex<(HashSet<Digest>, VecDeque<Digest>)>);
+
+const VERIFIED_ROOTS_MAX: usize = 1024;
+
+impl VerifiedRoots {
+    fn contains(&self, d: &Digest) -> bool {
+        self.0.lock().expect("verified roots lock").0.contains(d)
+    }
+
+    fn insert(&self, d: Digest) {
+        let mut g = self.0.lock().expect("verified roots lock");
+        let (set, order) = &mut *g;
+        if set.insert(d) {
+            order.push_back(d);
+            if order.len() > VERIFIED_ROOTS_MAX {
+                if let Some(old) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+        }
     }
 }
 

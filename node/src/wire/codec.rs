@@ -157,6 +157,7 @@ mod tests {
             signer: net.gateway.public().to_peer_id(),
             body: body.to_vec(),
             signature: vec![],
+            batch: None,
         };
         let bytes: Arc<[u8]> = Arc::from(&[][..]);
         let b = bytes.clone();

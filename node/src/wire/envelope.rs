@@ -1,13 +1,15 @@
 //! The signed envelope. The signature covers
 //! `DOMAIN || network id || kind || body`: domain-separated from any other use
 //! of the key (libp2p signs its own records with it too), bound to one network
-//! and to one message kind.
+//! and to one message kind. Requests and replies may instead be signed many at
+//! once ([`Signed::seal_batch`], [`super::batch`]).
 
 use std::sync::Arc;
 
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use super::batch::{self, BatchProof, BATCH_SIGNED_MAX};
 use super::codec::{decode, encode, DecodeError};
 use super::limits::ENVELOPE_BYTES_MAX;
 use super::{Digest, NetworkId};
@@ -80,6 +82,12 @@ impl Signer for Keypair {
 /// Checks signatures of known identities.
 pub trait Verifier: Send + Sync {
     fn verify(&self, signer: &PeerId, msg: &[u8], sig: &[u8]) -> bool;
+
+    /// Checks the signature of a batch root; many envelopes of one batch
+    /// come to the same check, so an implementation may remember successes.
+    fn verify_root(&self, signer: &PeerId, msg: &[u8], sig: &[u8]) -> bool {
+        self.verify(signer, msg, sig)
+    }
 }
 
 /// An ed25519 `PeerId` embeds its public key (identity multihash), so a
@@ -104,6 +112,9 @@ pub struct Envelope {
     pub body: Vec<u8>,
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    /// Present when `signature` signs a batch root, not this body alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchProof>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,8 +155,20 @@ impl Envelope {
         if env.network != *network {
             return Err(OpenError::WrongNetwork { got: env.network.short(), want: network.short() });
         }
-        let input = signing_input(&env.network, env.kind, &env.body);
-        if !verifier.verify(&env.signer, &input, &env.signature) {
+        let good = match &env.batch {
+            None => verifier.verify(&env.signer, &signing_input(&env.network, env.kind, &env.body), &env.signature),
+            Some(proof) => {
+                // Only what a replica or gateway sends in bulk; consensus
+                // messages keep one form each.
+                if !matches!(env.kind, Kind::Request | Kind::Reply) {
+                    return Err(OpenError::Invalid("only requests and replies are signed in batches"));
+                }
+                let root = proof.root(batch::leaf(&env.network, env.kind, &env.body)).map_err(OpenError::Invalid)?;
+                let input = batch::root_input(&env.network, env.kind, proof.count, &root);
+                verifier.verify_root(&env.signer, &input, &env.signature)
+            }
+        };
+        if !good {
             return Err(OpenError::BadSignature(env.signer));
         }
         Ok(env)
@@ -167,8 +190,39 @@ impl<T: WireMessage> Signed<T> {
     pub fn seal(msg: T, network: &NetworkId, signer: &dyn Signer) -> Signed<T> {
         let body = encode(&msg);
         let signature = signer.sign(&signing_input(network, T::KIND, &body));
-        let env = Envelope { network: *network, kind: T::KIND, signer: signer.peer_id(), body, signature };
+        let env = Envelope { network: *network, kind: T::KIND, signer: signer.peer_id(), body, signature, batch: None };
         Signed { msg, signer: env.signer, bytes: encode(&env).into() }
+    }
+
+    /// Signs many messages with one signature per [`BATCH_SIGNED_MAX`] of
+    /// them; each result opens alone. For requests and replies only.
+    pub fn seal_batch(msgs: Vec<T>, network: &NetworkId, signer: &dyn Signer) -> Vec<Signed<T>> {
+        assert!(matches!(T::KIND, Kind::Request | Kind::Reply), "{:?} is not signed in batches", T::KIND);
+        if msgs.len() <= 1 {
+            return msgs.into_iter().map(|m| Self::seal(m, network, signer)).collect();
+        }
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut msgs = msgs.into_iter().peekable();
+        while msgs.peek().is_some() {
+            let chunk: Vec<T> = msgs.by_ref().take(BATCH_SIGNED_MAX).collect();
+            let bodies: Vec<Vec<u8>> = chunk.iter().map(encode).collect();
+            let leaves: Vec<[u8; 32]> = bodies.iter().map(|b| batch::leaf(network, T::KIND, b)).collect();
+            let (root, proofs) = batch::tree(&leaves);
+            let signature = signer.sign(&batch::root_input(network, T::KIND, leaves.len() as u32, &root));
+            let peer = signer.peer_id();
+            for ((msg, body), proof) in chunk.into_iter().zip(bodies).zip(proofs) {
+                let env = Envelope {
+                    network: *network,
+                    kind: T::KIND,
+                    signer: peer,
+                    body,
+                    signature: signature.clone(),
+                    batch: Some(proof),
+                };
+                out.push(Signed { msg, signer: peer, bytes: encode(&env).into() });
+            }
+        }
+        out
     }
 
     /// Decodes, checks the signature, the kind and the bounds.
@@ -366,6 +420,90 @@ mod tests {
         let decoded: Envelope = crate::wire::decode(&recoded, usize::MAX).unwrap();
         assert_eq!(decoded.kind, Kind::Prepare, "still a valid CBOR envelope");
         assert!(Signed::<Prepare>::open(&recoded, &net.network(), &net.members).is_err());
+    }
+
+    fn request_batch(net: &Net, n: u64) -> Vec<Signed<Request>> {
+        Signed::seal_batch((1..=n).map(|i| net.request(i)).collect(), &net.network(), &net.gateway)
+    }
+
+    #[test]
+    fn each_message_of_a_signed_batch_opens_alone_as_itself() {
+        let net = Net::new();
+        let batch = request_batch(&net, 5);
+        let first: Envelope = crate::wire::decode(batch[0].bytes(), usize::MAX).unwrap();
+        for (i, sealed) in batch.iter().enumerate() {
+            let env: Envelope = crate::wire::decode(sealed.bytes(), usize::MAX).unwrap();
+            assert_eq!(env.signature, first.signature, "one signature for the batch");
+            assert_eq!(env.batch.as_ref().map(|p| (p.index, p.count)), Some((i as u32, 5)));
+            let opened = Signed::<Request>::open(sealed.bytes(), &net.network(), &net.members).unwrap();
+            assert_eq!(opened.msg, net.request(i as u64 + 1));
+            assert_eq!(opened.signer, net.gateway.public().to_peer_id());
+        }
+        // A lone message is signed alone.
+        let one = Signed::seal_batch(vec![net.request(9)], &net.network(), &net.gateway);
+        let env: Envelope = crate::wire::decode(one[0].bytes(), usize::MAX).unwrap();
+        assert!(env.batch.is_none());
+        assert_eq!(one[0].bytes(), net.seal_request(9).bytes());
+    }
+
+    #[test]
+    fn a_batch_proof_taken_to_another_body_or_kind_does_not_open() {
+        let net = Net::new();
+        let batch = request_batch(&net, 4);
+        let (n, v) = (&net.network(), &net.members);
+        let a: Envelope = crate::wire::decode(batch[0].bytes(), usize::MAX).unwrap();
+        let b: Envelope = crate::wire::decode(batch[1].bytes(), usize::MAX).unwrap();
+        // Opened once: the root's signature is now remembered.
+        assert!(Signed::<Request>::open(batch[0].bytes(), n, v).is_ok());
+        // b's body under a's proof: the path leads elsewhere.
+        let swapped = Envelope { batch: a.batch.clone(), ..b.clone() };
+        let opened = Signed::<Request>::open(&crate::wire::encode(&swapped), n, v);
+        assert!(matches!(opened, Err(OpenError::BadSignature(_))), "{opened:?}");
+        // Another body: not a member of the batch.
+        let other = Envelope { body: crate::wire::encode(&net.request(7)), ..a.clone() };
+        let opened = Signed::<Request>::open(&crate::wire::encode(&other), n, v);
+        assert!(matches!(opened, Err(OpenError::BadSignature(_))), "{opened:?}");
+        // The remembered root under another signer or another signature.
+        let resigned = Envelope { signer: net.replicas[0].public().to_peer_id(), ..a.clone() };
+        assert!(Signed::<Request>::open(&crate::wire::encode(&resigned), n, v).is_err());
+        let mut forged = a.clone();
+        forged.signature = net.gateway.sign(b"something else").unwrap();
+        assert!(Signed::<Request>::open(&crate::wire::encode(&forged), n, v).is_err());
+        // Consensus messages are never batch-signed, whatever the signature.
+        let relabelled = Envelope { kind: Kind::Prepare, ..a };
+        let opened = Envelope::open(&crate::wire::encode(&relabelled), n, v);
+        assert!(matches!(opened, Err(OpenError::Invalid("only requests and replies are signed in batches"))));
+    }
+
+    #[test]
+    fn a_batch_proof_written_out_as_null_is_not_canonical() {
+        #[derive(Serialize)]
+        struct Explicit<'a> {
+            network: NetworkId,
+            kind: Kind,
+            signer: PeerId,
+            #[serde(with = "serde_bytes")]
+            body: &'a [u8],
+            #[serde(with = "serde_bytes")]
+            signature: &'a [u8],
+            batch: Option<BatchProof>,
+        }
+        let net = Net::new();
+        let sealed = net.seal_request(1);
+        let env: Envelope = crate::wire::decode(sealed.bytes(), usize::MAX).unwrap();
+        let explicit = Explicit {
+            network: env.network,
+            kind: env.kind,
+            signer: env.signer,
+            body: &env.body,
+            signature: &env.signature,
+            batch: None,
+        };
+        let bytes = crate::wire::encode(&explicit);
+        let decoded: Envelope = crate::wire::decode(&bytes, usize::MAX).unwrap();
+        assert!(decoded.batch.is_none(), "still a valid CBOR envelope");
+        let opened = Signed::<Request>::open(&bytes, &net.network(), &net.members);
+        assert!(matches!(opened, Err(OpenError::Invalid("envelope not in canonical encoding"))));
     }
 
     #[test]

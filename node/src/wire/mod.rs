@@ -8,6 +8,7 @@
 //!
 //! This module owns formats only: it never touches sockets, disks or clocks.
 
+pub mod batch;
 mod certificate;
 mod codec;
 mod digest;

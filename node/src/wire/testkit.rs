@@ -62,6 +62,17 @@ impl Net {
     }
 }
 
+/// An unsigned "accepted" reply to `request`.
+pub fn accepted_reply(request: &Request) -> Reply {
+    Reply {
+        view: 0,
+        gateway: request.gateway,
+        number: request.number,
+        request: request.digest(),
+        body: ReplyBody::Accepted { job: JobId { seq: 1, index: request.number as u32 } },
+    }
+}
+
 pub fn digest(n: u8) -> Digest {
     Digest([n; 32])
 }
@@ -148,9 +159,14 @@ pub fn sealed_samples(net: &Net) -> Vec<(Kind, Vec<u8>)> {
         &network,
         &net.replicas[1],
     );
+    let requests = Signed::seal_batch(vec![net.request(2), net.request(3), net.request(4)], &network, &net.gateway);
+    let replies =
+        Signed::seal_batch(requests.iter().map(|r| accepted_reply(&r.msg)).collect(), &network, &net.replicas[2]);
     vec![
         (Kind::Request, req.bytes().to_vec()),
         (Kind::Reply, reply.bytes().to_vec()),
+        (Kind::Request, requests[2].bytes().to_vec()),
+        (Kind::Reply, replies[1].bytes().to_vec()),
         (Kind::PrePrepare, pp.bytes().to_vec()),
         (Kind::Prepare, prepare.bytes().to_vec()),
         (Kind::Commit, commit.bytes().to_vec()),
