@@ -144,7 +144,6 @@ struct Driver {
     store: Arc<Store>,
     results: results::Writer,
     net: Net,
-    key: Arc<Keypair>,
     membership: Arc<Membership>,
     replicas: Vec<PeerId>,
     executor: Arc<dyn Executor>,
@@ -213,10 +212,9 @@ impl Driver {
         };
         let mut driver = Driver {
             replica,
-            results: results::Writer::start(store.clone()),
+            results: results::Writer::start(store.clone(), key.clone(), cfg.membership.network_id()),
             store,
             net,
-            key,
             replicas: cfg.membership.replica_ids(),
             membership: cfg.membership,
             executor: cfg.executor,
@@ -497,16 +495,9 @@ impl Driver {
         let digest = req.digest();
         let reply =
             Reply { view: self.replica.view(), gateway: req.gateway, number: req.number, request: digest, body };
-        let sealed = Signed::seal(reply, &self.membership.network_id(), self.key.as_ref());
         debug!(job = %done.job, "job done");
-        let result = results::SignedResult {
-            gateway: req.gateway,
-            request: digest,
-            job: done.job,
-            bytes: sealed.bytes().to_vec(),
-        };
         // Waits only while the writer is QUEUE_MAX results behind.
-        let _ = self.results.to_store.send(result).await;
+        let _ = self.results.to_store.send(results::JobReply { job: done.job, reply }).await;
     }
 
     fn on_stored(&mut self, stored: Result<results::SignedResult, StoreError>) -> Result<(), DriverError> {

@@ -109,6 +109,8 @@ pub struct Replica {
 
     restoring: bool,
     ready: Ready,
+    /// Replies of the steps since the last `take_ready`, signed together there.
+    unsigned_replies: Vec<Reply>,
 }
 
 impl Replica {
@@ -152,6 +154,7 @@ impl Replica {
             vc: ViewChangeState::default(),
             restoring: false,
             ready: Ready::default(),
+            unsigned_replies: Vec::new(),
         }
     }
 
@@ -252,6 +255,14 @@ impl Replica {
     /// which to handle it.
     pub fn take_ready(&mut self) -> Ready {
         let mut ready = std::mem::take(&mut self.ready);
+        let replies = std::mem::take(&mut self.unsigned_replies);
+        for signed in Signed::seal_batch(replies, &self.cfg.network, self.signer.as_ref()) {
+            ready.replies.push(ReplyOut {
+                to: signed.msg.gateway,
+                request: signed.msg.request,
+                bytes: signed.shared_bytes(),
+            });
+        }
         ready.wake_at = Some(self.wake_at());
         ready
     }
@@ -357,8 +368,7 @@ impl Replica {
             return;
         }
         let reply = Reply { view: self.view, gateway: req.gateway, number: req.number, request: digest, body };
-        let signed = Signed::seal(reply, &self.cfg.network, self.signer.as_ref());
-        self.ready.replies.push(ReplyOut { to: req.gateway, request: digest, bytes: signed.shared_bytes() });
+        self.unsigned_replies.push(reply);
     }
 
     fn note_equivocation(&mut self, replica: usize, first: Arc<[u8]>, second: Arc<[u8]>) {
