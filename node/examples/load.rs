@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use pbft_node::membership::Membership;
 use pbft_node::net::client::{Client, ClientConfig, ClientEvent};
-use pbft_node::wire::{Digest, Operation};
+use pbft_node::wire::{Digest, Operation, Request};
 
 /// How long to wait, after the run, for requests still outstanding.
 const DRAIN_SECS: u64 = 30;
@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
             git_ref: "master".into(),
             commit: Some(format!("{:040x}", *number)),
         };
-        let req = client.request(*number, None, op);
+        let req = Request { gateway: client.peer_id(), number: *number, delivery: None, op };
         *number += 1;
         req
     };
@@ -94,15 +94,15 @@ async fn main() -> anyhow::Result<()> {
                 None => {
                     while sent.len() < args.in_flight {
                         let req = submit(&client, &mut number);
-                        sent.insert(req.msg.digest(), Instant::now());
-                        client.submit(req).await;
+                        sent.insert(req.digest(), Instant::now());
+                        client.submit_unsigned(req).await;
                     }
                 }
                 Some(every) => {
                     while next_at <= now {
                         let req = submit(&client, &mut number);
-                        sent.insert(req.msg.digest(), Instant::now());
-                        client.submit(req).await;
+                        sent.insert(req.digest(), Instant::now());
+                        client.submit_unsigned(req).await;
                         next_at += every;
                     }
                 }

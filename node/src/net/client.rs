@@ -65,6 +65,7 @@ pub enum ClientEvent {
 #[allow(clippy::large_enum_variant)] // moved once each, never stored in bulk
 enum Command {
     Submit(Signed<Request>),
+    SubmitUnsigned(Request),
     PublishRaw(Channel, Vec<u8>),
     FetchReplies(Digest),
     FetchLogs(JobId, LogAnswers),
@@ -114,11 +115,13 @@ impl Client {
         let (event_tx, events) = mpsc::channel(QUEUE_MAX);
         let task = Task {
             net,
+            key: key.clone(),
             me: key.public().to_peer_id(),
             membership: cfg.membership,
             retry: cfg.retry,
             outstanding: HashMap::new(),
             submitted: Vec::new(),
+            unsigned: Vec::new(),
             events: event_tx,
             log_fetches: Vec::new(),
         };
@@ -139,6 +142,14 @@ impl Client {
     /// Publishes a signed request and retransmits it until it is ordered.
     pub async fn submit(&self, request: Signed<Request>) {
         let _ = self.commands.send(Command::Submit(request)).await;
+    }
+
+    /// Like [`Client::submit`], for a request of this gateway not signed
+    /// yet: it is signed together with the others submitted meanwhile, one
+    /// signature for all (a signed batch), which is how load is cheap to send
+    /// and to check.
+    pub async fn submit_unsigned(&self, request: Request) {
+        let _ = self.commands.send(Command::SubmitUnsigned(request)).await;
     }
 
     /// Publishes bytes as they are on a topic: how a faulty peer would
@@ -195,12 +206,15 @@ struct Outstanding {
 
 struct Task {
     net: Net,
+    key: Arc<Keypair>,
     me: PeerId,
     membership: Arc<Membership>,
     retry: Duration,
     outstanding: HashMap<Digest, Outstanding>,
     /// Requests submitted this round, published together at its end.
     submitted: Vec<Arc<[u8]>>,
+    /// Requests of this round to sign together at its end.
+    unsigned: Vec<Request>,
     events: mpsc::Sender<ClientEvent>,
     /// Log fetches under way: the job, when asked, where answers go.
     log_fetches: Vec<(JobId, Instant, LogAnswers)>,
@@ -239,22 +253,8 @@ impl Task {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit(req) => {
-                let digest = req.msg.digest();
-                self.submitted.push(req.shared_bytes());
-                self.outstanding.insert(
-                    digest,
-                    Outstanding {
-                        number: req.msg.number,
-                        bytes: req.shared_bytes(),
-                        sent_at: Instant::now(),
-                        wait: self.retry,
-                        ordered: BTreeMap::new(),
-                        answered: BTreeSet::new(),
-                        rejected: Vec::new(),
-                    },
-                );
-            }
+            Command::Submit(req) => self.track(req),
+            Command::SubmitUnsigned(req) => self.unsigned.push(req),
             Command::PublishRaw(channel, bytes) => self.net.publish_raw(channel, bytes),
             Command::FetchReplies(request) => {
                 for r in self.membership.replica_ids() {
@@ -277,7 +277,29 @@ impl Task {
         }
     }
 
+    /// Publishes `req` at the end of the round and retransmits it until
+    /// it is ordered.
+    fn track(&mut self, req: Signed<Request>) {
+        self.submitted.push(req.shared_bytes());
+        self.outstanding.insert(
+            req.msg.digest(),
+            Outstanding {
+                number: req.msg.number,
+                bytes: req.shared_bytes(),
+                sent_at: Instant::now(),
+                wait: self.retry,
+                ordered: BTreeMap::new(),
+                answered: BTreeSet::new(),
+                rejected: Vec::new(),
+            },
+        );
+    }
+
     fn publish_submitted(&mut self) {
+        let unsigned = std::mem::take(&mut self.unsigned);
+        for req in Signed::seal_batch(unsigned, &self.membership.network_id(), self.key.as_ref()) {
+            self.track(req);
+        }
         let submitted = std::mem::take(&mut self.submitted);
         let requests: Vec<&[u8]> = submitted.iter().map(|r| &r[..]).collect();
         self.net.publish_requests(&requests);
