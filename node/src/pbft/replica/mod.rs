@@ -816,6 +816,10 @@ impl Replica {
         self.own_checkpoints = self.own_checkpoints.split_off(&(seq + 1));
         let kept = self.executed_requests.split_off(&(seq + 1));
         let named = self.named_above(seq);
+        // A request no slot above names any more is not worth fetching:
+        // without this, what a faulty primary named and no one had would
+        // stay wanted for good.
+        self.fetches.retain(|d, _| named.contains_key(d));
         for digests in std::mem::replace(&mut self.executed_requests, kept).into_values() {
             for d in digests {
                 if !self.queued.contains(&d) {
@@ -1153,6 +1157,30 @@ mod tests {
         // Every request went into a pre-prepare: none is left to propose.
         assert!(backup.queued.is_empty());
         assert!(backup.pending.len() <= PENDING_SLACK, "{} stale entries", backup.pending.len());
+    }
+
+    #[test]
+    fn a_request_no_slot_names_any_more_is_not_fetched_past_a_stable_checkpoint() {
+        let net = Net::new();
+        let network = net.network();
+        let cfg = Config::new(network, net.members.replica_ids());
+        let mut backup = Replica::new(cfg, Arc::new(net.replicas[1].clone()), Arc::new(net.members.clone()));
+        // The primary names a request no one has.
+        let missing = crate::wire::testkit::digest(7);
+        let pp = Signed::seal(PrePrepare { view: 0, seq: 1, requests: vec![missing] }, &network, &net.replicas[0]);
+        backup.step(10, Input::Message(Message::open(pp.bytes(), &network, &net.members).unwrap()));
+        let _ = backup.take_ready();
+        assert!(backup.fetches.contains_key(&missing), "a request a pre-prepare names is fetched");
+        // The others moved on past that slot: a stable checkpoint at 64.
+        let state = ReplicatedState { seq: 64, ..Default::default() };
+        let proof = [0, 2, 3]
+            .iter()
+            .map(|&i| Signed::seal(Checkpoint { seq: 64, state: state.digest() }, &network, &net.replicas[i]))
+            .collect();
+        backup.step(20, Input::State { proof, state: state.encode() });
+        let _ = backup.take_ready();
+        assert_eq!(backup.low, 64, "the state was adopted");
+        assert!(backup.fetches.is_empty(), "still fetching {:?}", backup.fetches.keys().collect::<Vec<_>>());
     }
 
     #[test]
