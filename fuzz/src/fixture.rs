@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use libp2p_identity::{Keypair, PeerId};
 use pbft_node::membership::{Member, Membership};
 use pbft_node::wire::{
-    decode, encode, limits::ENVELOPE_BYTES_MAX, Checkpoint, Commit, Envelope, JobId, JobResult, Kind, NetworkId,
+    batch, decode, encode, limits::ENVELOPE_BYTES_MAX, Checkpoint, Commit, Envelope, JobId, JobResult, Kind, NetworkId,
     NewView, Operation, Outcome, PrePrepare, Prepare, PreparedProof, Reply, ReplyBody, Request, RequestError, Roster,
     Signed, SignedBytes, StepResult, Verifier, ViewChange,
 };
@@ -121,7 +121,15 @@ pub fn resign(bytes: &[u8]) -> Option<Vec<u8>> {
 fn resign_with(fx: &Fixture, bytes: &[u8]) -> Option<Vec<u8>> {
     let mut env: Envelope = decode(bytes, ENVELOPE_BYTES_MAX).ok()?;
     let key = fx.key_of(&env.signer)?;
-    env.signature = key.sign(&signing_input(&env.network, env.kind, &env.body)).ok()?;
+    let input = match &env.batch {
+        None => signing_input(&env.network, env.kind, &env.body),
+        // A well-formed proof: sign the root it leads to.
+        Some(proof) => {
+            let root = proof.root(batch::leaf(&env.network, env.kind, &env.body)).ok()?;
+            batch::root_input(&env.network, env.kind, proof.count, &root)
+        }
+    };
+    env.signature = key.sign(&input).ok()?;
     Some(encode(&env))
 }
 
@@ -231,9 +239,20 @@ pub fn sealed(fx: &Fixture) -> Vec<(Kind, Vec<u8>)> {
         (Kind::Request, Signed::seal(cancel, net, &fx.gateway).bytes().to_vec()),
         (Kind::Request, Signed::seal(unpinned, net, &fx.gateway).bytes().to_vec()),
     ];
-    for body in bodies {
-        let reply = Reply { view: 0, gateway: req.msg.gateway, number: 1, request: req.msg.digest(), body };
-        out.push((Kind::Reply, Signed::seal(reply, net, &r[1]).bytes().to_vec()));
+    let replies: Vec<Reply> = bodies
+        .into_iter()
+        .map(|body| Reply { view: 0, gateway: req.msg.gateway, number: 1, request: req.msg.digest(), body })
+        .collect();
+    for reply in &replies {
+        out.push((Kind::Reply, Signed::seal(reply.clone(), net, &r[1]).bytes().to_vec()));
+    }
+    // Signed in batches: each carries its place and path under one signature.
+    for sealed in Signed::seal_batch(replies, net, &r[2]).iter().step_by(4) {
+        out.push((Kind::Reply, sealed.bytes().to_vec()));
+    }
+    let requests = (4..=6).map(|n| request(fx, n)).collect();
+    for sealed in Signed::seal_batch(requests, net, &fx.gateway) {
+        out.push((Kind::Request, sealed.bytes().to_vec()));
     }
     out.extend([
         (Kind::PrePrepare, pp.bytes().to_vec()),

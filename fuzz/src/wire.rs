@@ -84,6 +84,7 @@ fn body<T: WireMessage + PartialEq + Debug>(data: &[u8], fx: &Fixture) {
         signer: fx.gateway_id(),
         body: data.to_vec(),
         signature: vec![],
+        batch: None,
     };
     let opened = Signed::<T>::from_envelope(env, Arc::from(&[][..]));
     let decoded = decode::<T>(data, T::BODY_BYTES_MAX);
