@@ -150,13 +150,13 @@ async fn garbage_outsiders_bad_signatures_and_oversized_messages_are_rejected() 
     let mut client = net.client(0, false);
     wait_connected(&client, Duration::from_secs(30)).await;
 
-    // Each bad message from an identity of its own: gossipsub graylists a
-    // peer after its first rejected message.
+    // Each bad message from an identity of its own: a peer's gossip is
+    // ignored for a while after its first rejected message.
     let outsider_key = libp2p_identity::Keypair::generate_ed25519();
     let outsider = net.client_with_key(outsider_key.clone(), false);
     let garbage = net.client_with_key(libp2p_identity::Keypair::generate_ed25519(), false);
     let oversized = net.client_with_key(libp2p_identity::Keypair::generate_ed25519(), false);
-    let forger = net.client(1, false);
+    let mut forger = net.client(1, false);
     for c in [&outsider, &garbage, &oversized, &forger] {
         wait_connected(c, Duration::from_secs(30)).await;
     }
@@ -180,6 +180,12 @@ async fn garbage_outsiders_bad_signatures_and_oversized_messages_are_rejected() 
     let last = forged.len() - 1;
     forged[last] ^= 0x01;
     forger.publish_raw(Channel::Requests, forged).await;
+    let penalised_at = tokio::time::Instant::now();
+    // The forger's own valid request, published once (no retransmission)
+    // while its gossip is ignored: never ordered.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ignored = forger.request(1, None, op(101));
+    forger.publish_raw(Channel::Requests, ignored.bytes().to_vec()).await;
     // Over our bound (under gossipsub's own, so it reaches validation).
     oversized.publish_raw(Channel::Consensus, vec![0xa5; limits::ENVELOPE_BYTES_MAX + 1]).await;
 
@@ -198,13 +204,26 @@ async fn garbage_outsiders_bad_signatures_and_oversized_messages_are_rejected() 
         s.all_ordered(&requests) && s.all_results_from(&requests, &[0, 1, 2, 3])
     })
     .await;
+    // Once the penalty is over, the forger's valid gossip counts again.
+    tokio::time::sleep_until(penalised_at + pbft_node::net::REJECT_PENALTY + Duration::from_secs(1)).await;
+    let forgiven = forger.request(2, None, op(102));
+    forger.publish_raw(Channel::Requests, forgiven.bytes().to_vec()).await;
+    let forgiven = forgiven.msg.digest();
+    let mut forger_seen = Seen::default();
+    until(&mut forger, &mut forger_seen, Duration::from_secs(60), "the forger's request after the penalty", |s| {
+        s.all_results_from(&[forgiven], &[0, 1, 2, 3])
+    })
+    .await;
     for c in [client, outsider, garbage, oversized, forger] {
         c.shutdown().await;
     }
     net.stop_all();
     for i in 0..4 {
         let (_, jobs) = job_log(&net.data_dir(i));
-        assert_eq!(jobs.len(), requests.len(), "replica {i} ordered the honest requests and nothing else");
+        let ordered: Vec<Digest> = jobs.values().map(|(d, _)| *d).collect();
+        assert!(!ordered.contains(&ignored.msg.digest()), "replica {i} ordered gossip it was ignoring");
+        assert_eq!(ordered.last(), Some(&forgiven), "replica {i}: the forgiven request last");
+        assert_eq!(jobs.len(), requests.len() + 1, "replica {i} ordered the honest requests and nothing else");
     }
 }
 

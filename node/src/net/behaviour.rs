@@ -3,9 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use libp2p::gossipsub::{
-    self, IdentTopic, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicScoreParams, ValidationMode,
-};
+use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
@@ -14,7 +12,6 @@ use libp2p_identity::Keypair;
 
 use super::admission::{self, Admission};
 use super::liveness::{PING_INTERVAL, PING_TIMEOUT};
-use super::topics::Channel;
 use crate::membership::Membership;
 use crate::pbft::state::STATE_BYTES_MAX;
 use crate::wire::{limits, Digest, NetworkId, PeerRequest, PeerResponse};
@@ -82,8 +79,11 @@ impl Behaviour {
             .duplicate_cache_time(Duration::from_secs(15))
             .build()
             .map_err(|e| format!("gossipsub config: {e}"))?;
-        let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)?;
-        gossipsub.with_peer_score(score_params(network), PeerScoreThresholds::default())?;
+        // No peer scoring: the one penalty we want (for a peer that forwards
+        // what our validation rejects) is `Net`'s blacklist; gossipsub's
+        // scoring would keep a delivery record of every message for 120 s
+        // (fixed in libp2p), ~20 MB per replica at saturation.
+        let gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)?;
 
         let kad_protocol = StreamProtocol::try_from_owned(format!("/pbft-ci/{net}/kad/1"))
             .map_err(|e| format!("kad protocol name: {e}"))?;
@@ -128,35 +128,4 @@ impl Behaviour {
             peers,
         })
     }
-}
-
-/// Peer scoring for one purpose: a peer that forwards a message our
-/// validation rejects drops below the graylist threshold at once (and is
-/// ignored until the penalty decays). Every other term is off: delivery
-/// rates (a quiet CI network must not look like a network of lazy peers),
-/// IP colocation (every test and testnet puts all peers on one address), and
-/// the slow-peer and behaviour penalties, which a burst of load earns honest
-/// replicas: below the publish threshold a peer no longer gets our messages
-/// pushed, only announced at the next heartbeat, and every slot waits for it.
-fn score_params(network: &NetworkId) -> PeerScoreParams {
-    let mut params = PeerScoreParams {
-        ip_colocation_factor_weight: 0.0,
-        behaviour_penalty_weight: 0.0,
-        slow_peer_weight: 0.0,
-        ..PeerScoreParams::default()
-    };
-    for channel in Channel::ALL {
-        let topic = TopicScoreParams {
-            topic_weight: 1.0,
-            time_in_mesh_weight: 0.0,
-            first_message_deliveries_weight: 0.0,
-            mesh_message_deliveries_weight: 0.0,
-            mesh_failure_penalty_weight: 0.0,
-            invalid_message_deliveries_weight: -100.0,
-            invalid_message_deliveries_decay: 0.5,
-            ..TopicScoreParams::default()
-        };
-        params.topics.insert(IdentTopic::new(channel.topic(network)).hash(), topic);
-    }
-    params
 }

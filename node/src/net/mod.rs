@@ -158,6 +158,10 @@ impl std::fmt::Debug for Responder {
 /// with its map entry): seconds of traffic at saturation, enough for the
 /// copies and retransmissions that follow a message closely.
 const RECENT_MAX: usize = 4096;
+/// How long gossip from a peer that forwarded a message our validation
+/// rejected is ignored. A correct peer validates before it forwards, so only
+/// a faulty one earns it.
+pub const REJECT_PENALTY: Duration = Duration::from_secs(10);
 /// How often the dialer and Kademlia are looked after.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
 /// Kademlia bootstrap while some wanted peer is missing, and otherwise.
@@ -177,6 +181,8 @@ pub struct Net {
     protocol_version: String,
     recent: Recent,
     liveness: Liveness,
+    /// Peers whose gossip is ignored (gossipsub's blacklist), until when.
+    penalised: HashMap<PeerId, Instant>,
 }
 
 fn parse_addr(addr: &str) -> Result<Multiaddr, NetError> {
@@ -263,6 +269,7 @@ impl Net {
             recent: Recent::new(RECENT_MAX),
             membership: cfg.membership,
             liveness: Liveness::default(),
+            penalised: HashMap::new(),
         })
     }
 
@@ -338,8 +345,23 @@ impl Net {
         }
     }
 
+    /// Ignores `peer`'s gossip for [`REJECT_PENALTY`] (from now).
+    fn penalise(&mut self, peer: PeerId) {
+        if self.penalised.insert(peer, Instant::now() + REJECT_PENALTY).is_none() {
+            self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+        }
+    }
+
     fn maintain(&mut self) {
         let now = Instant::now();
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        self.penalised.retain(|peer, until| {
+            let over = *until <= now;
+            if over {
+                gossipsub.remove_blacklisted_peer(peer);
+            }
+            !over
+        });
         for (id, peer, silence) in self.liveness.silent(now) {
             self.close_dead(id, peer, &format!("no answer to a ping for {:.1} s", silence.as_secs_f64()));
         }
@@ -479,6 +501,7 @@ impl Net {
                     }
                     Err(reason) => {
                         warn!(from = %propagation_source, topic = %message.topic, len = message.data.len(), "rejected gossip message: {reason}");
+                        self.penalise(propagation_source);
                         MessageAcceptance::Reject
                     }
                 };
