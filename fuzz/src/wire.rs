@@ -7,7 +7,8 @@
 //!
 //! Properties, besides never panicking:
 //! - an envelope opens exactly when it is the canonical encoding of what it
-//!   decodes to (`encode(decode(b)) == b`), and then as its own kind only;
+//!   decodes to (`encode(decode(b)) == b`) and its batch proof, if any, is
+//!   well formed and on a request or reply; and then as its own kind only;
 //! - whatever decodes survives re-encoding: `decode(encode(m)) == m`, and
 //!   encoding is deterministic;
 //! - a real signature check never accepts what the accept-all one refuses;
@@ -23,8 +24,8 @@ use std::sync::Arc;
 use pbft_node::net::{self, Channel, Opened};
 use pbft_node::pbft::{Message, ReplicatedState};
 use pbft_node::wire::{
-    decode, encode, limits::ENVELOPE_BYTES_MAX, Certificate, Checkpoint, Commit, Envelope, Kind, NetworkId, NewView,
-    PeerRequest, PeerResponse, PrePrepare, Prepare, Reply, Request, Signed, ViewChange, WireMessage,
+    batch, decode, encode, limits::ENVELOPE_BYTES_MAX, Certificate, Checkpoint, Commit, Envelope, Kind, NetworkId,
+    NewView, PeerRequest, PeerResponse, PrePrepare, Prepare, Reply, Request, Signed, ViewChange, WireMessage,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -135,7 +136,15 @@ fn envelope(data: &[u8], fx: &Fixture) {
     let canonical = encode(&env) == data;
     let network = env.network;
     let opened = Envelope::open(data, &network, &AcceptAll);
-    assert_eq!(opened.is_ok(), canonical, "an envelope opens exactly when its encoding is canonical");
+    // A batch proof must be well formed, and on a request or reply.
+    let proof_ok = env.batch.as_ref().is_none_or(|p| {
+        matches!(env.kind, Kind::Request | Kind::Reply) && p.root(batch::leaf(&network, env.kind, &env.body)).is_ok()
+    });
+    assert_eq!(
+        opened.is_ok(),
+        canonical && proof_ok,
+        "an envelope opens exactly when its encoding is canonical and its batch proof, if any, well formed"
+    );
     let kinds: [(Kind, bool); 8] = [
         (Kind::Request, open_as::<Request>(data, env.kind, &network, fx)),
         (Kind::Reply, open_as::<Reply>(data, env.kind, &network, fx)),
