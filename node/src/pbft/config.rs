@@ -12,7 +12,14 @@ pub struct Config {
     pub replicas: Vec<PeerId>,
     /// Requests per pre-prepare.
     pub batch_max: usize,
-    /// How long the primary waits to fill a batch while others are in flight.
+    /// How long the primary waits to fill a batch while others are in flight
+    /// (an idle primary proposes at once; a full batch goes at once). About
+    /// a batch's round on a loaded machine: at moderate load a request then
+    /// mostly waits for the batch ahead of it to execute and joins a bigger
+    /// batch, instead of starting one of its own whose fixed cost (every
+    /// replica's signatures, verifications and fsyncs) it pays alone. At
+    /// 110 requests/s on the 2-core bench machine, p50 latency was 90 ms
+    /// with 2 ms, 72 with 15, 57 with 30 and 53 with 50.
     pub batch_delay_ms: Millis,
     /// Batches the primary keeps ordered but not yet executed; beyond it,
     /// requests wait and the next batch is bigger. Under load this trades
@@ -60,7 +67,7 @@ impl Config {
             network,
             replicas,
             batch_max: 128,
-            batch_delay_ms: 2,
+            batch_delay_ms: 30,
             pipeline_max: 4,
             checkpoint_interval: 64,
             window: 256,
