@@ -486,6 +486,11 @@ impl Replica {
         if let Some(old) = &slot.pre_prepare {
             if old.msg.view == view {
                 let (a, b) = (old.shared_bytes(), pp.shared_bytes());
+                if a == b {
+                    // A copy we hold already (a replay may meet a NEW-VIEW's
+                    // pre-prepare and then the primary's own copy of it).
+                    return;
+                }
                 self.note_equivocation(from, a, b);
                 // The primary equivocated: whichever batch gathers a commit
                 // certificate is the one that committed.
@@ -602,16 +607,21 @@ impl Replica {
         if !prepared {
             return;
         }
-        if !slot.sent_commit {
-            // A prepared certificate, whether or not we vote with it: a
-            // VIEW-CHANGE may carry every certificate a replica holds.
+        let sent_commit = slot.sent_commit;
+        // A prepared certificate, whether or not we vote with it: a
+        // VIEW-CHANGE may carry every certificate a replica holds. Recorded
+        // also when the slot counts our COMMIT as sent already (a replay
+        // meets our COMMIT and the commits of others before the prepares of
+        // a late pre-prepare): a COMMIT we sent promises the certificate to
+        // the next view.
+        if self.vc.prepared.get(&seq).is_none_or(|c| c.pre_prepare.msg.view < view) {
             self.record_prepared(seq);
-            if voting {
-                let c = self.broadcast(Commit { view, seq, batch });
-                let slot = self.slots.get_mut(&seq).expect("slot exists");
-                slot.commits.insert(self.me, c);
-                slot.sent_commit = true;
-            }
+        }
+        if voting && !sent_commit {
+            let c = self.broadcast(Commit { view, seq, batch });
+            let slot = self.slots.get_mut(&seq).expect("slot exists");
+            slot.commits.insert(self.me, c);
+            slot.sent_commit = true;
         }
         let slot = self.slots.get_mut(&seq).expect("slot exists");
         if !slot.committed && slot.commits.values().filter(|c| c.msg.batch == batch).count() >= commits_needed {
@@ -1181,6 +1191,44 @@ mod tests {
         let _ = backup.take_ready();
         assert_eq!(backup.low, 64, "the state was adopted");
         assert!(backup.fetches.is_empty(), "still fetching {:?}", backup.fetches.keys().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_pre_prepare_met_twice_keeps_the_slot_s_prepared_certificate() {
+        // The order a restarted replica's replay can take: the pre-prepare
+        // (from a NEW-VIEW, say) before its request, the others' votes, then
+        // the primary's own copy of that pre-prepare, then the request.
+        let net = Net::new();
+        let network = net.network();
+        let cfg = Config::new(network, net.members.replica_ids());
+        let mut backup = Replica::new(cfg, Arc::new(net.replicas[2].clone()), Arc::new(net.members.clone()));
+        let open = |bytes: &[u8]| Message::open(bytes, &network, &net.members).unwrap();
+        let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
+        let req = Request { gateway: net.gateway.public().to_peer_id(), number: 1, delivery: None, op };
+        let req = Signed::seal(req, &network, &net.gateway);
+        let pre_prepare = PrePrepare { view: 0, seq: 1, requests: vec![req.msg.digest()] };
+        let batch = pre_prepare.batch_digest();
+        let pp = Signed::seal(pre_prepare, &network, &net.replicas[0]);
+        let mut inputs = vec![Input::Message(open(pp.bytes()))];
+        for i in [0, 1, 3] {
+            let c = Signed::seal(Commit { view: 0, seq: 1, batch }, &network, &net.replicas[i]);
+            inputs.push(Input::Message(open(c.bytes())));
+        }
+        for i in [1, 3] {
+            let p = Signed::seal(Prepare { view: 0, seq: 1, batch }, &network, &net.replicas[i]);
+            inputs.push(Input::Message(open(p.bytes())));
+        }
+        inputs.push(Input::Message(open(pp.bytes())));
+        inputs.push(Input::Request(req));
+        let mut notes = Vec::new();
+        for input in inputs {
+            backup.step(10, input);
+            notes.extend(backup.take_ready().notes);
+        }
+        assert_eq!(backup.executed, 1, "the slot committed and executed");
+        assert!(notes.is_empty(), "a copy is no equivocation: {notes:?}");
+        let cert = backup.vc.prepared.get(&1).expect("a VIEW-CHANGE would carry the slot");
+        assert_eq!((cert.pre_prepare.msg.view, cert.prepares.len()), (0, 3));
     }
 
     #[test]

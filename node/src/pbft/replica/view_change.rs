@@ -240,11 +240,18 @@ impl Replica {
         if self.slots.get(&seq).is_some_and(|s| s.committed) {
             return;
         }
-        // The slot is being ordered again in a later view with the same batch
-        // (as NEW-VIEW guarantees): it is committed, and this replica keeps
-        // voting in the current view, where others may still need its votes.
+        // The slot holds this batch in this view, or is being ordered again
+        // in a later view with the same batch (as NEW-VIEW guarantees): it is
+        // committed, and this replica keeps its votes and prepared
+        // certificate, and keeps voting in the current view, where others
+        // may still need its votes.
         if let Some(slot) = self.slots.get_mut(&seq) {
-            if slot.pre_prepare.as_ref().is_some_and(|p| p.msg.view > pp.msg.view && slot.batch == batch) {
+            if slot.pre_prepare.as_ref().is_some_and(|p| p.msg.view >= pp.msg.view && slot.batch == batch) {
+                if slot.view == pp.msg.view {
+                    for (i, c) in matching {
+                        slot.commits.entry(i).or_insert(c);
+                    }
+                }
                 slot.committed = true;
                 self.vc.learned.remove(&seq);
                 self.try_execute();
