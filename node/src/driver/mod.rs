@@ -4,7 +4,8 @@
 //! finished jobs.
 //!
 //! Every [`Ready`] is handled in the documented order: its records are
-//! persisted before anything of it is sent, and its committed batches are
+//! persisted before any protocol message of it is sent (its replies go
+//! first when it sends none, see `handle`), and its committed batches are
 //! recorded in the job log before their jobs start and before the core hears
 //! they were executed — both in one fsync'd transaction per `Ready` (group
 //! commit: under load one `Ready` covers up to `ROUND_EVENTS_MAX` inputs); slots jumped over by a state
@@ -304,10 +305,23 @@ impl Driver {
                 "ready"
             );
         }
+        // Replies first when this Ready sends no protocol message: a reply
+        // says what executing fixed (where a request is in the order), and
+        // the 2f + 1 COMMITs behind that are durable at their signers
+        // already (ours was persisted before it went out, in an earlier
+        // Ready). A crash before the commit below loses only this replica's
+        // record of the execution, which it learns again. The reply of an
+        // executed batch then waits for no fsync of ours.
+        if ready.messages.is_empty() && ready.skipped.is_empty() && !ready.replies.is_empty() {
+            for r in std::mem::take(&mut ready.replies) {
+                self.replies.entry(r.to).or_default().push(SignedBytes(r.bytes.to_vec()));
+            }
+            self.flush_replies();
+        }
         // One durable transaction (group commit) for everything this Ready
         // asks to persist and the batches it commits to the job log, before
-        // anything of it is sent and before its jobs start; with it, what
-        // quiet Readies before it deferred (`Ready::is_quiet`).
+        // any protocol message of it is sent and before its jobs start; with
+        // it, what quiet Readies before it deferred (`Ready::is_quiet`).
         let persist = std::mem::take(&mut ready.persist);
         let new_batches = if ready.is_quiet() && self.deferred.len() + persist.len() <= DEFERRED_MAX {
             self.deferred.extend(persist);

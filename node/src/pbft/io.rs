@@ -172,6 +172,10 @@ pub enum Note {
 }
 
 /// Everything one step produced. Handle in field order: `persist` first.
+/// One exception: when `messages` and `skipped` are empty, `replies` may go
+/// before `persist` and `execute` are durable. A reply states what executing
+/// fixed, which the durable COMMITs of 2f + 1 replicas fix already; this
+/// replica's own COMMIT, if any, went out (persisted) in an earlier Ready.
 #[derive(Debug, Default)]
 pub struct Ready {
     pub persist: Vec<Record>,

@@ -103,6 +103,16 @@ impl Checker {
         }
     }
 
+    /// What a gateway was told by f + 1 replicas (request `number` is job
+    /// `job`) is what correct replicas ran.
+    pub fn told(&mut self, at_ms: u64, gateway: PeerId, number: u64, job: JobId) {
+        if let Some(&ran) = self.by_request.get(&(gateway, number)) {
+            if ran != job {
+                self.fail(at_ms, format!("request {gateway}/{number}: f + 1 replicas said job {job}, job {ran} ran"));
+            }
+        }
+    }
+
     /// Matching checkpoints: correct replicas certify one state per seq.
     pub fn checkpoint(&mut self, at_ms: u64, replica: usize, seq: u64, state: Digest) {
         match self.checkpoints.get(&seq) {
@@ -227,5 +237,24 @@ impl Checker {
 
     pub fn other(&mut self, at_ms: u64, what: String) {
         self.fail(at_ms, what);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_told_another_job_than_the_one_that_ran_is_a_violation() {
+        let gateway = PeerId::random();
+        let (ran, other) = (JobId { seq: 3, index: 0 }, JobId { seq: 4, index: 0 });
+        let mut c = Checker::default();
+        c.job(10, ran, gateway, 7, None);
+        c.told(20, gateway, 7, ran);
+        c.told(20, gateway, 8, other);
+        assert!(c.violations.is_empty(), "the job that ran, or one not run: fine");
+        c.told(30, gateway, 7, other);
+        assert_eq!(c.violations.len(), 1);
+        assert!(c.violations[0].what.contains("said job"), "{}", c.violations[0].what);
     }
 }

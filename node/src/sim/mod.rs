@@ -289,6 +289,11 @@ enum Event {
         replica: usize,
     },
     CrashPrimary,
+    /// Crash the replica in the window between an executed batch's replies
+    /// and its durable record (see `Node::crash_after_replies`).
+    ArmCrash {
+        replica: usize,
+    },
     Restart {
         replica: usize,
     },
@@ -318,6 +323,9 @@ struct Node {
     /// Records of quiet Readies not yet in `store` (lost in a crash).
     deferred: Vec<Record>,
     wake_at: Option<Millis>,
+    /// Crash right after the next replies sent ahead of their Ready's
+    /// records (an execution), before those records are durable.
+    crash_after_replies: bool,
 }
 
 pub struct Sim {
@@ -460,6 +468,14 @@ impl Sim {
                 let replica = sim.rng.random_range(1..sim.cfg.n);
                 sim.schedule(at, Event::Crash { replica });
             }
+            // From a stream of its own, so that the seeds keep their traces
+            // up to the first such crash.
+            let mut rng = ChaCha8Rng::seed_from_u64(sim.cfg.seed ^ 0xc4a5_4af7_e44e_91e5);
+            for _ in 0..rng.random_range(1..=3) {
+                let at = rng.random_range(0..sim.cfg.heal_at_ms);
+                let replica = rng.random_range(0..sim.cfg.n);
+                sim.schedule(at, Event::ArmCrash { replica });
+            }
         }
         sim
     }
@@ -475,6 +491,7 @@ impl Sim {
             store: Vec::new(),
             deferred: Vec::new(),
             wake_at: None,
+            crash_after_replies: false,
         });
     }
 
@@ -636,6 +653,23 @@ impl Sim {
                         let summary = summarise_new_view(&nv.msg);
                         self.checker.new_view(now, summary);
                     }
+                }
+            }
+        }
+        // The driver's order: replies of a Ready that sends no protocol
+        // message go before its records are durable.
+        let early = ready.messages.is_empty() && ready.skipped.is_empty();
+        let mut ready = ready;
+        if early {
+            for r in std::mem::take(&mut ready.replies) {
+                if let Some(&g) = self.gateway_index.get(&r.to) {
+                    self.send(i, None, Some(g), Payload::Signed(r.bytes));
+                }
+            }
+            if !ready.execute.is_empty() && std::mem::take(&mut self.nodes[i].crash_after_replies) && self.faulty() {
+                self.handle(Event::Crash { replica: i });
+                if self.nodes[i].replica.is_none() {
+                    return;
                 }
             }
         }
@@ -897,6 +931,10 @@ impl Sim {
             self.events_run += 1;
             self.handle(e);
         }
+        let told: Vec<_> = self.gateways.iter().flat_map(|g| g.done.iter().map(|(&n, &j)| (g.peer, n, j))).collect();
+        for (gateway, number, job) in told {
+            self.checker.told(self.now, gateway, number, job);
+        }
         self.check_liveness();
         Report {
             seed: self.cfg.seed,
@@ -998,6 +1036,7 @@ impl Sim {
                 self.trace(10, 0, 0, &[]);
                 self.regroup();
             }
+            Event::ArmCrash { replica } => self.nodes[replica].crash_after_replies = true,
             Event::CrashPrimary => {
                 let view = self.nodes.iter().filter_map(|n| n.replica.as_ref()).map(|r| r.view()).max().unwrap_or(0);
                 let replica = (view % self.cfg.n as u64) as usize;
