@@ -1099,6 +1099,16 @@ impl Sim {
         }
         let max = self.checker.max_executed();
         if std::env::var("SIM_DEBUG").is_ok() {
+            for g in &self.gateways {
+                for (number, o) in &g.outstanding {
+                    eprintln!("outstanding request {number} ({}), answers {:?}", o.digest, o.answers);
+                    for (i, node) in self.nodes.iter().enumerate() {
+                        if let Some(r) = &node.replica {
+                            eprintln!("  replica {i}: {}", r.debug_request(&o.digest));
+                        }
+                    }
+                }
+            }
             for (i, node) in self.nodes.iter().enumerate() {
                 if let Some(r) = &node.replica {
                     eprintln!("replica {i}: {}", r.debug_summary());

@@ -297,6 +297,19 @@ impl Replica {
     }
 
     /// One line on where this replica stands, for debugging.
+    /// Where a request stands here (for the simulator's liveness reports).
+    pub fn debug_request(&self, d: &Digest) -> String {
+        let executed_in = self.executed_requests.iter().find(|(_, v)| v.contains(d)).map(|(s, _)| *s);
+        format!(
+            "held {} queued {} assigned {:?} fetching {} executed in {executed_in:?} view timer {:?}",
+            self.requests.contains_key(d),
+            self.queued.contains(d),
+            self.assigned.get(d),
+            self.fetches.contains_key(d),
+            self.vc.deadline,
+        )
+    }
+
     pub fn debug_summary(&self) -> String {
         let slots: Vec<String> = self
             .slots
@@ -837,7 +850,19 @@ impl Replica {
                 }
             }
         }
+        // A request a slot at or below `seq` named but did not execute (the
+        // losing half of an equivocating primary's pre-prepares, a slot a later
+        // view filled with another batch) waits for ordering again unless the
+        // state ordered it: else it would stay here for good, unordered, and
+        // the gateway's retransmissions would find it held and change nothing.
+        let orphans: Vec<Digest> = self.assigned.iter().filter(|(_, s)| **s <= seq).map(|(d, _)| *d).collect();
         self.assigned.retain(|_, s| *s > seq);
+        for d in orphans {
+            let fresh = self.requests.get(&d).is_some_and(|r| self.state.classify(&r.msg, &d).is_none());
+            if fresh && !self.restoring && !self.queued.contains(&d) {
+                self.queue(d);
+            }
+        }
         self.next_seq = self.next_seq.max(seq + 1);
         let proof_bytes = proof.iter().map(|c| c.shared_bytes()).collect();
         if !self.restoring {
@@ -1229,6 +1254,34 @@ mod tests {
         assert!(notes.is_empty(), "a copy is no equivocation: {notes:?}");
         let cert = backup.vc.prepared.get(&1).expect("a VIEW-CHANGE would carry the slot");
         assert_eq!((cert.pre_prepare.msg.view, cert.prepares.len()), (0, 3));
+    }
+
+    #[test]
+    fn a_request_named_below_a_stable_checkpoint_but_not_ordered_waits_for_ordering_again() {
+        let net = Net::new();
+        let network = net.network();
+        let cfg = Config::new(network, net.members.replica_ids());
+        let mut backup = Replica::new(cfg, Arc::new(net.replicas[1].clone()), Arc::new(net.members.clone()));
+        let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
+        let req = Request { gateway: net.gateway.public().to_peer_id(), number: 1, delivery: None, op };
+        let req = Signed::seal(req, &network, &net.gateway);
+        let digest = req.msg.digest();
+        backup.step(10, Input::Request(req));
+        let pp = Signed::seal(PrePrepare { view: 0, seq: 1, requests: vec![digest] }, &network, &net.replicas[0]);
+        backup.step(10, Input::Message(Message::open(pp.bytes(), &network, &net.members).unwrap()));
+        let _ = backup.take_ready();
+        assert!(!backup.queued.contains(&digest), "a pre-prepare named it");
+        // The others moved past that slot with a state that never ordered
+        // the request (another batch executed there).
+        let state = ReplicatedState { seq: 64, ..Default::default() };
+        let proof = [0, 2, 3]
+            .iter()
+            .map(|&i| Signed::seal(Checkpoint { seq: 64, state: state.digest() }, &network, &net.replicas[i]))
+            .collect();
+        backup.step(20, Input::State { proof, state: state.encode() });
+        let _ = backup.take_ready();
+        assert_eq!(backup.low, 64, "the state was adopted");
+        assert!(backup.queued.contains(&digest), "the request waits for ordering again");
     }
 
     #[test]
