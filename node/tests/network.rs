@@ -5,15 +5,14 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use pbft_node::net::client::{Client, ClientEvent};
 use pbft_node::net::{Channel, NON_MEMBERS_MAX};
 use pbft_node::pbft::Message;
-use pbft_node::store::Store;
 use pbft_node::wire::{limits, Digest, JobId, Operation, ReplyBody};
-use support::{wait_connected, Testnet};
+use support::{job_log, wait_connected, JobLog, Testnet};
 
 /// What a gateway saw of its requests.
 #[derive(Default)]
@@ -71,27 +70,6 @@ async fn submit(client: &Client, numbers: std::ops::Range<u64>) -> Vec<Digest> {
         client.submit(req).await;
     }
     digests
-}
-
-type JobLog = (u64, BTreeMap<JobId, (Digest, Vec<u8>)>);
-
-/// A replica's job log as its store holds it: (last batch, every job with
-/// its request). The replica's own signed result differs from replica to
-/// replica (it carries its signature), so it is left out.
-fn job_log(dir: &std::path::Path) -> JobLog {
-    let store = Store::open(dir).expect("store opens after the replica stopped");
-    let last = store.last_batch().unwrap();
-    let mut jobs = BTreeMap::new();
-    for seq in 1..=last {
-        for index in 0.. {
-            let job = JobId { seq, index };
-            match store.job(job).unwrap() {
-                Some(record) => jobs.insert(job, (record.request, record.request_bytes)),
-                None => break,
-            };
-        }
-    }
-    (last, jobs)
 }
 
 const REQUESTS: u64 = 200;
