@@ -400,11 +400,19 @@ impl Replica {
         // A request some pre-prepare names is needed whatever it turns out to
         // be at execution (perhaps a duplicate): keep it.
         let wanted = self.assigned.contains_key(&digest) || self.fetches.contains_key(&digest);
-        if !wanted && !self.restoring {
-            if let Some(answer) = self.state.classify(&req.msg, &digest) {
-                // Ordered before (or out of window): answer at once, order nothing.
-                self.reply(&req.msg, digest, answer);
-                return;
+        if !self.restoring {
+            match self.state.classify(&req.msg, &digest) {
+                // Ordered before (or out of window): answer at once, order
+                // nothing. A request ordered already is answered even if a
+                // slot still names it (one a view change orders again): the
+                // gateway retransmits because our first answer was lost.
+                Some(answer) if !wanted || matches!(answer, ReplyBody::Duplicate { .. }) => {
+                    self.reply(&req.msg, digest, answer);
+                    if !wanted {
+                        return;
+                    }
+                }
+                _ => {}
             }
         }
         if self.requests.contains_key(&digest) {
@@ -1282,6 +1290,47 @@ mod tests {
         let _ = backup.take_ready();
         assert_eq!(backup.low, 64, "the state was adopted");
         assert!(backup.queued.contains(&digest), "the request waits for ordering again");
+    }
+
+    #[test]
+    fn a_retransmitted_request_ordered_already_is_answered_while_a_slot_names_it_again() {
+        let net = Net::new();
+        let network = net.network();
+        let cfg = Config::new(network, net.members.replica_ids());
+        let mut backup = Replica::new(cfg, Arc::new(net.replicas[1].clone()), Arc::new(net.members.clone()));
+        let open = |bytes: &[u8]| Input::Message(Message::open(bytes, &network, &net.members).unwrap());
+        let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
+        let req = Request { gateway: net.gateway.public().to_peer_id(), number: 1, delivery: None, op };
+        let req = Signed::seal(req, &network, &net.gateway);
+        let digest = req.msg.digest();
+        let pre_prepare = |seq| PrePrepare { view: 0, seq, requests: vec![digest] };
+        let batch = pre_prepare(1).batch_digest();
+        let mut inputs = vec![Input::Request(req.clone())];
+        inputs.push(open(Signed::seal(pre_prepare(1), &network, &net.replicas[0]).bytes()));
+        for i in [2, 3] {
+            inputs.push(open(Signed::seal(Prepare { view: 0, seq: 1, batch }, &network, &net.replicas[i]).bytes()));
+        }
+        for i in [0, 2, 3] {
+            inputs.push(open(Signed::seal(Commit { view: 0, seq: 1, batch }, &network, &net.replicas[i]).bytes()));
+        }
+        // The primary names it again (as a view change may order a slot again).
+        inputs.push(open(Signed::seal(pre_prepare(2), &network, &net.replicas[0]).bytes()));
+        for input in inputs {
+            backup.step(10, input);
+            let _ = backup.take_ready();
+        }
+        assert_eq!(backup.executed, 1);
+        assert_eq!(backup.assigned.get(&digest), Some(&2), "a slot names it again");
+        // The gateway lost our first answer and sends the request again.
+        backup.step(20, Input::Request(req));
+        let replies: Vec<Reply> = backup
+            .take_ready()
+            .replies
+            .iter()
+            .map(|r| Signed::<Reply>::open(&r.bytes, &network, &net.members).unwrap().msg)
+            .collect();
+        let job = JobId { seq: 1, index: 0 };
+        assert_eq!(replies.iter().map(|r| &r.body).collect::<Vec<_>>(), vec![&ReplyBody::Duplicate { job }]);
     }
 
     #[test]
