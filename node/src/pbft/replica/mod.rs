@@ -863,12 +863,18 @@ impl Replica {
         // view filled with another batch) waits for ordering again unless the
         // state ordered it: else it would stay here for good, unordered, and
         // the gateway's retransmissions would find it held and change nothing.
+        // One the state ordered (a state transfer) is dropped like an executed
+        // one. (A restore sorts these out once its replay is done.)
         let orphans: Vec<Digest> = self.assigned.iter().filter(|(_, s)| **s <= seq).map(|(d, _)| *d).collect();
         self.assigned.retain(|_, s| *s > seq);
         for d in orphans {
-            let fresh = self.requests.get(&d).is_some_and(|r| self.state.classify(&r.msg, &d).is_none());
-            if fresh && !self.restoring && !self.queued.contains(&d) {
+            let Some(req) = self.requests.get(&d).filter(|_| !self.restoring && !self.queued.contains(&d)) else {
+                continue;
+            };
+            if self.state.classify(&req.msg, &d).is_none() {
                 self.queue(d);
+            } else {
+                self.drop_request(d, &named);
             }
         }
         self.next_seq = self.next_seq.max(seq + 1);
@@ -1270,18 +1276,24 @@ mod tests {
         let network = net.network();
         let cfg = Config::new(network, net.members.replica_ids());
         let mut backup = Replica::new(cfg, Arc::new(net.replicas[1].clone()), Arc::new(net.members.clone()));
-        let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
-        let req = Request { gateway: net.gateway.public().to_peer_id(), number: 1, delivery: None, op };
-        let req = Signed::seal(req, &network, &net.gateway);
-        let digest = req.msg.digest();
+        let request = |number| {
+            let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
+            let req = Request { gateway: net.gateway.public().to_peer_id(), number, delivery: None, op };
+            Signed::seal(req, &network, &net.gateway)
+        };
+        let (req, ordered) = (request(1), request(2));
+        let (digest, ordered_digest) = (req.msg.digest(), ordered.msg.digest());
         backup.step(10, Input::Request(req));
-        let pp = Signed::seal(PrePrepare { view: 0, seq: 1, requests: vec![digest] }, &network, &net.replicas[0]);
+        backup.step(10, Input::Request(ordered.clone()));
+        let requests = vec![digest, ordered_digest];
+        let pp = Signed::seal(PrePrepare { view: 0, seq: 1, requests }, &network, &net.replicas[0]);
         backup.step(10, Input::Message(Message::open(pp.bytes(), &network, &net.members).unwrap()));
         let _ = backup.take_ready();
         assert!(!backup.queued.contains(&digest), "a pre-prepare named it");
-        // The others moved past that slot with a state that never ordered
-        // the request (another batch executed there).
-        let state = ReplicatedState { seq: 64, ..Default::default() };
+        // The others moved past that slot with a state that ordered only the
+        // second request (another batch executed there, and it later).
+        let mut state = ReplicatedState { seq: 64, ..Default::default() };
+        state.apply(JobId { seq: 3, index: 0 }, &ordered.msg, &ordered_digest);
         let proof = [0, 2, 3]
             .iter()
             .map(|&i| Signed::seal(Checkpoint { seq: 64, state: state.digest() }, &network, &net.replicas[i]))
@@ -1290,6 +1302,8 @@ mod tests {
         let _ = backup.take_ready();
         assert_eq!(backup.low, 64, "the state was adopted");
         assert!(backup.queued.contains(&digest), "the request waits for ordering again");
+        assert!(!backup.queued.contains(&ordered_digest), "the state ordered this one");
+        assert!(!backup.requests.contains_key(&ordered_digest), "and its body is not kept");
     }
 
     #[test]
