@@ -330,14 +330,17 @@ impl Replica {
         let own: Vec<String> =
             self.own_checkpoints.iter().map(|(s, (d, _, sent))| format!("{s}:{d:?}:{sent}")).collect();
         format!(
-            "view {} changing {} executed {} low {} next_seq {} requests {} queued {} waiting {:?} fetches {} slots [{}]",
+            "view {} changing {} (timer {:?}, asked by {:?}) executed {} low {} next_seq {} requests {} queued {} assigned {} waiting {:?} fetches {} slots [{}]",
             self.view,
             self.vc.in_view_change,
+            self.vc.deadline,
+            self.vc.view_changes.iter().map(|(i, c)| (*i, c.signed.msg.view)).collect::<Vec<_>>(),
             self.executed,
             self.low,
             self.next_seq,
             self.requests.len(),
             self.queued.len(),
+            self.assigned.len(),
             self.waiting,
             self.fetches.len(),
             slots.join(" ")
