@@ -185,6 +185,55 @@ fn no_vote_in_a_view_after_leaving_it() {
     assert_seeds(4, FaultClass::Mixed, Byzantine::Twins, &[168, 310, 439]);
 }
 
+/// Runs the given seeds of one scenario, as the sweeps run them, and fails
+/// with those that broke something.
+fn assert_regressions(n: usize, class: FaultClass, byzantine: Option<Byzantine>, seeds: &[u64]) {
+    let failed: Vec<String> = seeds
+        .iter()
+        .flat_map(|&seed| sweep(n, class, byzantine, seed..seed + 1))
+        .map(|r| format!("seed {}: {:?}", r.seed, r.violations.iter().map(|v| &v.what).collect::<Vec<_>>()))
+        .collect();
+    assert!(failed.is_empty(), "{class:?} with {byzantine:?}, n = {n}:\n{}", failed.join("\n"));
+}
+
+// Regressions found by `soak` beyond the sweeps' seeds (2026-12-07).
+
+#[test]
+fn a_restarted_replica_s_view_change_carries_a_slot_it_met_twice_in_its_replay() {
+    // The replay met a slot's pre-prepare in a NEW-VIEW and then the
+    // primary's own copy: the copy replaced the slot and dropped its
+    // prepared certificate, which the next VIEW-CHANGE then lacked.
+    assert_regressions(4, FaultClass::Mixed, Some(Byzantine::Twins), &[463]);
+}
+
+#[test]
+fn a_request_whose_slot_went_to_another_batch_is_ordered_later() {
+    // One twin's pre-prepare named it, another batch won the slot: held,
+    // neither queued nor assigned, it was never ordered (liveness).
+    assert_regressions(4, FaultClass::Clean, Some(Byzantine::Twins), &[299]);
+    assert_regressions(4, FaultClass::PrimaryCrash, Some(Byzantine::Twins), &[26]);
+    assert_regressions(7, FaultClass::Clean, Some(Byzantine::Twins), &[157]);
+    assert_regressions(7, FaultClass::Duplicate, Some(Byzantine::Twins), &[177]);
+    assert_regressions(7, FaultClass::Partition, Some(Byzantine::Twins), &[235]);
+}
+
+#[test]
+fn a_request_ordered_again_by_a_view_change_is_still_answered() {
+    // The gateway's replies were lost; replicas holding the request for a
+    // slot the view change ordered again answered its retransmissions with
+    // nothing (liveness).
+    assert_regressions(4, FaultClass::Mixed, Some(Byzantine::SilentPrimary), &[353]);
+}
+
+#[test]
+fn a_replica_that_missed_a_slot_a_view_change_ordered_again_catches_up() {
+    // Slots executed in view 1 were ordered again in view 2; the replica
+    // that had missed them waited for votes no one resent (peers resent
+    // only slots above their own execution), its view timer deferred for
+    // good by their progress (liveness).
+    assert_regressions(4, FaultClass::Partition, Some(Byzantine::SilentPrimary), &[302]);
+}
+
 #[test]
 fn a_weakened_quorum_is_caught_by_the_agreement_checker() {
     let caught = (0..20)

@@ -538,7 +538,12 @@ impl Replica {
         self.persist(bytes);
         for d in &digests {
             self.queued.remove(d);
-            self.assigned.insert(*d, seq);
+            // A slot executed here already (a view change orders it again)
+            // will not execute again: its requests wait for nothing, and
+            // counting them as pending would keep the view timer running.
+            if seq > self.executed {
+                self.assigned.insert(*d, seq);
+            }
         }
         self.want(digests, from);
         self.check_slot(seq);
@@ -1105,7 +1110,14 @@ impl Replica {
         if self.vc.in_view_change {
             out.extend(self.view_messages());
         }
-        for (_, slot) in self.slots.range(self.executed + 1..=self.executed + self.cfg.help_slots_max) {
+        // Also the slots a view change ordered again that we executed in an
+        // earlier view but that have not committed in this one: a replica
+        // that missed them in the earlier view needs our votes in this one,
+        // and no peer counts it as lagging behind us for long enough to help.
+        let below = (self.low + 1).min(self.executed + 1)..self.executed + 1;
+        let reordered = self.slots.range(below).filter(|(_, s)| !s.committed);
+        let ahead = self.slots.range(self.executed + 1..=self.executed + self.cfg.help_slots_max);
+        for (_, slot) in reordered.chain(ahead) {
             if slot.committed && slot.commits.len() == self.q.n {
                 continue;
             }

@@ -53,6 +53,10 @@ pub(super) struct ViewChangeState {
     pub deadline: Option<Millis>,
     /// Executed seq when the request timer was last (re)started.
     pub progress_mark: u64,
+    /// Executed seq when a peer's progress in our view last deferred the
+    /// request timer: a lag that help did not shrink within a whole timeout
+    /// defers it no more.
+    pub lag_mark: Option<u64>,
     /// Views that failed in a row; the timeout doubles with each.
     pub failed_views: u32,
     /// Prepared certificates by seq (the highest view wins).
@@ -145,7 +149,8 @@ impl Replica {
     /// Evidence that the current view progresses elsewhere (a peer in it
     /// executed more): we are lagging, not the primary failing.
     pub(super) fn view_progresses(&mut self) {
-        if !self.vc.in_view_change && self.vc.deadline.is_some() {
+        if !self.vc.in_view_change && self.vc.deadline.is_some() && self.vc.lag_mark != Some(self.executed) {
+            self.vc.lag_mark = Some(self.executed);
             self.vc.deadline = Some(self.now + self.view_timeout());
         }
     }
