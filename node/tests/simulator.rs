@@ -142,22 +142,41 @@ sweeps! {
     twins_with_all_faults_mixed_n7: 7, FaultClass::Mixed, Byzantine::Twins;
 }
 
-/// Runs the given seeds of one scenario and fails with those that broke something.
-fn assert_seeds(n: usize, class: FaultClass, byzantine: Byzantine, seeds: &[u64]) {
+/// Runs the given seeds of one scenario, configured by `tune`, and fails with
+/// those that broke something.
+fn assert_seeds_with(
+    n: usize,
+    class: FaultClass,
+    byzantine: Option<Byzantine>,
+    seeds: &[u64],
+    tune: fn(&mut SimConfig),
+) {
     let failed: Vec<String> = seeds
         .iter()
         .map(|&seed| {
             let mut cfg = SimConfig::new(n, seed, class);
-            cfg.byzantine = Some(byzantine);
-            // The traces these seeds were found with: every record at once.
-            cfg.defer_quiet_records = false;
-            cfg.help_only_lagging = false;
+            cfg.byzantine = byzantine;
+            tune(&mut cfg);
             run(cfg)
         })
         .filter(|r| !r.ok())
         .map(|r| format!("seed {}: {:?}", r.seed, r.violations.iter().map(|v| &v.what).collect::<Vec<_>>()))
         .collect();
     assert!(failed.is_empty(), "{class:?} with {byzantine:?}, n = {n}:\n{}", failed.join("\n"));
+}
+
+/// The given seeds, with the traces they were found with before records of
+/// quiet steps were deferred and help went only to lagging replicas.
+fn assert_seeds(n: usize, class: FaultClass, byzantine: Byzantine, seeds: &[u64]) {
+    assert_seeds_with(n, class, Some(byzantine), seeds, |cfg| {
+        cfg.defer_quiet_records = false;
+        cfg.help_only_lagging = false;
+    });
+}
+
+/// The given seeds, run as the sweeps run them.
+fn assert_regressions(n: usize, class: FaultClass, byzantine: Option<Byzantine>, seeds: &[u64]) {
+    assert_seeds_with(n, class, byzantine, seeds, |_| {});
 }
 
 // Regressions the Twins sweeps found (seeds as the simulator signs now, with
@@ -183,17 +202,6 @@ fn no_vote_in_a_view_after_leaving_it() {
     // report, and the NEW-VIEW ordered another batch there. Each of these
     // seeds broke the VIEW-CHANGE checker.
     assert_seeds(4, FaultClass::Mixed, Byzantine::Twins, &[168, 310, 439]);
-}
-
-/// Runs the given seeds of one scenario, as the sweeps run them, and fails
-/// with those that broke something.
-fn assert_regressions(n: usize, class: FaultClass, byzantine: Option<Byzantine>, seeds: &[u64]) {
-    let failed: Vec<String> = seeds
-        .iter()
-        .flat_map(|&seed| sweep(n, class, byzantine, seed..seed + 1))
-        .map(|r| format!("seed {}: {:?}", r.seed, r.violations.iter().map(|v| &v.what).collect::<Vec<_>>()))
-        .collect();
-    assert!(failed.is_empty(), "{class:?} with {byzantine:?}, n = {n}:\n{}", failed.join("\n"));
 }
 
 // Regressions found by `soak` beyond the sweeps' seeds (2026-12-07).

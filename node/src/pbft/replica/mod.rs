@@ -1223,25 +1223,44 @@ mod tests {
         assert!(backup.pending.len() <= PENDING_SLACK, "{} stale entries", backup.pending.len());
     }
 
+    /// Replica `i` of the test network, configured as by default.
+    fn replica(net: &Net, i: usize) -> Replica {
+        let cfg = Config::new(net.network(), net.members.replica_ids());
+        Replica::new(cfg, Arc::new(net.replicas[i].clone()), Arc::new(net.members.clone()))
+    }
+
+    /// Request `number` of the test gateway.
+    fn request(net: &Net, number: u64) -> Signed<Request> {
+        let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
+        let req = Request { gateway: net.gateway.public().to_peer_id(), number, delivery: None, op };
+        Signed::seal(req, &net.network(), &net.gateway)
+    }
+
+    /// `msg` signed by replica `by`, as a replica receives it.
+    fn signed_by<T: WireMessage>(net: &Net, by: usize, msg: T) -> Input {
+        let signed = Signed::seal(msg, &net.network(), &net.replicas[by]);
+        Input::Message(Message::open(signed.bytes(), &net.network(), &net.members).unwrap())
+    }
+
+    /// `state`, stable with the CHECKPOINTs of replicas 0, 2 and 3.
+    fn state_transfer(net: &Net, state: &ReplicatedState) -> Input {
+        let checkpoint = Checkpoint { seq: state.seq, state: state.digest() };
+        let proof =
+            [0, 2, 3].iter().map(|&i| Signed::seal(checkpoint.clone(), &net.network(), &net.replicas[i])).collect();
+        Input::State { proof, state: state.encode() }
+    }
+
     #[test]
     fn a_request_no_slot_names_any_more_is_not_fetched_past_a_stable_checkpoint() {
         let net = Net::new();
-        let network = net.network();
-        let cfg = Config::new(network, net.members.replica_ids());
-        let mut backup = Replica::new(cfg, Arc::new(net.replicas[1].clone()), Arc::new(net.members.clone()));
+        let mut backup = replica(&net, 1);
         // The primary names a request no one has.
         let missing = crate::wire::testkit::digest(7);
-        let pp = Signed::seal(PrePrepare { view: 0, seq: 1, requests: vec![missing] }, &network, &net.replicas[0]);
-        backup.step(10, Input::Message(Message::open(pp.bytes(), &network, &net.members).unwrap()));
+        backup.step(10, signed_by(&net, 0, PrePrepare { view: 0, seq: 1, requests: vec![missing] }));
         let _ = backup.take_ready();
         assert!(backup.fetches.contains_key(&missing), "a request a pre-prepare names is fetched");
         // The others moved on past that slot: a stable checkpoint at 64.
-        let state = ReplicatedState { seq: 64, ..Default::default() };
-        let proof = [0, 2, 3]
-            .iter()
-            .map(|&i| Signed::seal(Checkpoint { seq: 64, state: state.digest() }, &network, &net.replicas[i]))
-            .collect();
-        backup.step(20, Input::State { proof, state: state.encode() });
+        backup.step(20, state_transfer(&net, &ReplicatedState { seq: 64, ..Default::default() }));
         let _ = backup.take_ready();
         assert_eq!(backup.low, 64, "the state was adopted");
         assert!(backup.fetches.is_empty(), "still fetching {:?}", backup.fetches.keys().collect::<Vec<_>>());
@@ -1253,26 +1272,14 @@ mod tests {
         // (from a NEW-VIEW, say) before its request, the others' votes, then
         // the primary's own copy of that pre-prepare, then the request.
         let net = Net::new();
-        let network = net.network();
-        let cfg = Config::new(network, net.members.replica_ids());
-        let mut backup = Replica::new(cfg, Arc::new(net.replicas[2].clone()), Arc::new(net.members.clone()));
-        let open = |bytes: &[u8]| Message::open(bytes, &network, &net.members).unwrap();
-        let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
-        let req = Request { gateway: net.gateway.public().to_peer_id(), number: 1, delivery: None, op };
-        let req = Signed::seal(req, &network, &net.gateway);
+        let mut backup = replica(&net, 2);
+        let req = request(&net, 1);
         let pre_prepare = PrePrepare { view: 0, seq: 1, requests: vec![req.msg.digest()] };
         let batch = pre_prepare.batch_digest();
-        let pp = Signed::seal(pre_prepare, &network, &net.replicas[0]);
-        let mut inputs = vec![Input::Message(open(pp.bytes()))];
-        for i in [0, 1, 3] {
-            let c = Signed::seal(Commit { view: 0, seq: 1, batch }, &network, &net.replicas[i]);
-            inputs.push(Input::Message(open(c.bytes())));
-        }
-        for i in [1, 3] {
-            let p = Signed::seal(Prepare { view: 0, seq: 1, batch }, &network, &net.replicas[i]);
-            inputs.push(Input::Message(open(p.bytes())));
-        }
-        inputs.push(Input::Message(open(pp.bytes())));
+        let mut inputs = vec![signed_by(&net, 0, pre_prepare.clone())];
+        inputs.extend([0, 1, 3].map(|i| signed_by(&net, i, Commit { view: 0, seq: 1, batch })));
+        inputs.extend([1, 3].map(|i| signed_by(&net, i, Prepare { view: 0, seq: 1, batch })));
+        inputs.push(signed_by(&net, 0, pre_prepare));
         inputs.push(Input::Request(req));
         let mut notes = Vec::new();
         for input in inputs {
@@ -1288,32 +1295,19 @@ mod tests {
     #[test]
     fn a_request_named_below_a_stable_checkpoint_but_not_ordered_waits_for_ordering_again() {
         let net = Net::new();
-        let network = net.network();
-        let cfg = Config::new(network, net.members.replica_ids());
-        let mut backup = Replica::new(cfg, Arc::new(net.replicas[1].clone()), Arc::new(net.members.clone()));
-        let request = |number| {
-            let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
-            let req = Request { gateway: net.gateway.public().to_peer_id(), number, delivery: None, op };
-            Signed::seal(req, &network, &net.gateway)
-        };
-        let (req, ordered) = (request(1), request(2));
+        let mut backup = replica(&net, 1);
+        let (req, ordered) = (request(&net, 1), request(&net, 2));
         let (digest, ordered_digest) = (req.msg.digest(), ordered.msg.digest());
         backup.step(10, Input::Request(req));
         backup.step(10, Input::Request(ordered.clone()));
-        let requests = vec![digest, ordered_digest];
-        let pp = Signed::seal(PrePrepare { view: 0, seq: 1, requests }, &network, &net.replicas[0]);
-        backup.step(10, Input::Message(Message::open(pp.bytes(), &network, &net.members).unwrap()));
+        backup.step(10, signed_by(&net, 0, PrePrepare { view: 0, seq: 1, requests: vec![digest, ordered_digest] }));
         let _ = backup.take_ready();
         assert!(!backup.queued.contains(&digest), "a pre-prepare named it");
         // The others moved past that slot with a state that ordered only the
         // second request (another batch executed there, and it later).
         let mut state = ReplicatedState { seq: 64, ..Default::default() };
         state.apply(JobId { seq: 3, index: 0 }, &ordered.msg, &ordered_digest);
-        let proof = [0, 2, 3]
-            .iter()
-            .map(|&i| Signed::seal(Checkpoint { seq: 64, state: state.digest() }, &network, &net.replicas[i]))
-            .collect();
-        backup.step(20, Input::State { proof, state: state.encode() });
+        backup.step(20, state_transfer(&net, &state));
         let _ = backup.take_ready();
         assert_eq!(backup.low, 64, "the state was adopted");
         assert!(backup.queued.contains(&digest), "the request waits for ordering again");
@@ -1324,26 +1318,16 @@ mod tests {
     #[test]
     fn a_retransmitted_request_ordered_already_is_answered_while_a_slot_names_it_again() {
         let net = Net::new();
-        let network = net.network();
-        let cfg = Config::new(network, net.members.replica_ids());
-        let mut backup = Replica::new(cfg, Arc::new(net.replicas[1].clone()), Arc::new(net.members.clone()));
-        let open = |bytes: &[u8]| Input::Message(Message::open(bytes, &network, &net.members).unwrap());
-        let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
-        let req = Request { gateway: net.gateway.public().to_peer_id(), number: 1, delivery: None, op };
-        let req = Signed::seal(req, &network, &net.gateway);
+        let mut backup = replica(&net, 1);
+        let req = request(&net, 1);
         let digest = req.msg.digest();
         let pre_prepare = |seq| PrePrepare { view: 0, seq, requests: vec![digest] };
         let batch = pre_prepare(1).batch_digest();
-        let mut inputs = vec![Input::Request(req.clone())];
-        inputs.push(open(Signed::seal(pre_prepare(1), &network, &net.replicas[0]).bytes()));
-        for i in [2, 3] {
-            inputs.push(open(Signed::seal(Prepare { view: 0, seq: 1, batch }, &network, &net.replicas[i]).bytes()));
-        }
-        for i in [0, 2, 3] {
-            inputs.push(open(Signed::seal(Commit { view: 0, seq: 1, batch }, &network, &net.replicas[i]).bytes()));
-        }
+        let mut inputs = vec![Input::Request(req.clone()), signed_by(&net, 0, pre_prepare(1))];
+        inputs.extend([2, 3].map(|i| signed_by(&net, i, Prepare { view: 0, seq: 1, batch })));
+        inputs.extend([0, 2, 3].map(|i| signed_by(&net, i, Commit { view: 0, seq: 1, batch })));
         // The primary names it again (as a view change may order a slot again).
-        inputs.push(open(Signed::seal(pre_prepare(2), &network, &net.replicas[0]).bytes()));
+        inputs.push(signed_by(&net, 0, pre_prepare(2)));
         for input in inputs {
             backup.step(10, input);
             let _ = backup.take_ready();
@@ -1352,14 +1336,13 @@ mod tests {
         assert_eq!(backup.assigned.get(&digest), Some(&2), "a slot names it again");
         // The gateway lost our first answer and sends the request again.
         backup.step(20, Input::Request(req));
-        let replies: Vec<Reply> = backup
+        let replies: Vec<ReplyBody> = backup
             .take_ready()
             .replies
             .iter()
-            .map(|r| Signed::<Reply>::open(&r.bytes, &network, &net.members).unwrap().msg)
+            .map(|r| Signed::<Reply>::open(&r.bytes, &net.network(), &net.members).unwrap().msg.body)
             .collect();
-        let job = JobId { seq: 1, index: 0 };
-        assert_eq!(replies.iter().map(|r| &r.body).collect::<Vec<_>>(), vec![&ReplyBody::Duplicate { job }]);
+        assert_eq!(replies, vec![ReplyBody::Duplicate { job: JobId { seq: 1, index: 0 } }]);
     }
 
     #[test]
