@@ -296,7 +296,6 @@ impl Replica {
         self.requests.len()
     }
 
-    /// One line on where this replica stands, for debugging.
     /// Where a request stands here (for the simulator's liveness reports).
     pub fn debug_request(&self, d: &Digest) -> String {
         let executed_in = self.executed_requests.iter().find(|(_, v)| v.contains(d)).map(|(s, _)| *s);
@@ -310,6 +309,7 @@ impl Replica {
         )
     }
 
+    /// One line on where this replica stands, for debugging.
     pub fn debug_summary(&self) -> String {
         let slots: Vec<String> = self
             .slots
@@ -407,8 +407,9 @@ impl Replica {
             match self.state.classify(&req.msg, &digest) {
                 // Ordered before (or out of window): answer at once, order
                 // nothing. A request ordered already is answered even if a
-                // slot still names it (one a view change orders again): the
-                // gateway retransmits because our first answer was lost.
+                // slot above still names it (a faulty primary's second slot,
+                // or a view change's): the gateway retransmits because our
+                // first answer was lost.
                 Some(answer) if !wanted || matches!(answer, ReplyBody::Duplicate { .. }) => {
                     self.reply(&req.msg, digest, answer);
                     if !wanted {
@@ -643,9 +644,7 @@ impl Replica {
         // meets our COMMIT and the commits of others before the prepares of
         // a late pre-prepare): a COMMIT we sent promises the certificate to
         // the next view.
-        if self.vc.prepared.get(&seq).is_none_or(|c| c.pre_prepare.msg.view < view) {
-            self.record_prepared(seq);
-        }
+        self.record_prepared(seq);
         if voting && !sent_commit {
             let c = self.broadcast(Commit { view, seq, batch });
             let slot = self.slots.get_mut(&seq).expect("slot exists");
@@ -1178,9 +1177,7 @@ mod tests {
         let mut primary = Replica::new(cfg, Arc::new(net.replicas[0].clone()), Arc::new(net.members.clone()));
         let (mut pre_prepares, mut due) = (0, false);
         for number in 1..=count {
-            let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
-            let req = Request { gateway: net.gateway.public().to_peer_id(), number, delivery: None, op };
-            primary.step(10, Input::Request(Signed::seal(req, &net.network(), &net.gateway)));
+            primary.step(10, Input::Request(request(&net, number)));
             let ready = primary.take_ready();
             for out in &ready.messages {
                 if let Outbound::Signed { bytes, .. } = out {
@@ -1205,9 +1202,7 @@ mod tests {
             |i: usize| Replica::new(cfg.clone(), Arc::new(net.replicas[i].clone()), Arc::new(net.members.clone()));
         let (mut primary, mut backup) = (replica(0), replica(1));
         for number in 1..=count {
-            let op = Operation::Run { repo: "file:///repo".into(), git_ref: "master".into(), commit: None };
-            let req = Request { gateway: net.gateway.public().to_peer_id(), number, delivery: None, op };
-            let req = Signed::seal(req, &net.network(), &net.gateway);
+            let req = request(&net, number);
             backup.step(10, Input::Request(req.clone()));
             primary.step(10, Input::Request(req));
             for out in primary.take_ready().messages {
@@ -1326,7 +1321,7 @@ mod tests {
         let mut inputs = vec![Input::Request(req.clone()), signed_by(&net, 0, pre_prepare(1))];
         inputs.extend([2, 3].map(|i| signed_by(&net, i, Prepare { view: 0, seq: 1, batch })));
         inputs.extend([0, 2, 3].map(|i| signed_by(&net, i, Commit { view: 0, seq: 1, batch })));
-        // The primary names it again (as a view change may order a slot again).
+        // The primary names it again in another slot (faulty, or a view change).
         inputs.push(signed_by(&net, 0, pre_prepare(2)));
         for input in inputs {
             backup.step(10, input);

@@ -159,16 +159,17 @@ impl Replica {
         self.vc.deadline
     }
 
-    /// Records a slot that just prepared in the current view.
+    /// Records a slot that prepared in the current view, unless its
+    /// certificate of this view is recorded already.
     pub(super) fn record_prepared(&mut self, seq: u64) {
         let slot = &self.slots[&seq];
-        let Some(pp) = slot.pre_prepare.clone() else { return };
+        let Some(pp) = &slot.pre_prepare else { return };
+        if self.vc.prepared.get(&seq).is_some_and(|c| c.pre_prepare.msg.view >= pp.msg.view) {
+            return;
+        }
         let prepares: Vec<Signed<Prepare>> =
             slot.prepares.values().filter(|p| p.msg.batch == slot.batch && p.msg.view == slot.view).cloned().collect();
-        let newer = self.vc.prepared.get(&seq).is_none_or(|c| c.pre_prepare.msg.view < pp.msg.view);
-        if newer {
-            self.vc.prepared.insert(seq, PreparedCert { pre_prepare: pp, prepares });
-        }
+        self.vc.prepared.insert(seq, PreparedCert { pre_prepare: pp.clone(), prepares });
     }
 
     /// Drops certificates at or below a stable checkpoint.
