@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
@@ -12,6 +12,7 @@ use libp2p_identity::Keypair;
 
 use super::admission::{self, Admission};
 use super::liveness::{PING_INTERVAL, PING_TIMEOUT};
+use super::topics::Channel;
 use crate::membership::Membership;
 use crate::pbft::state::STATE_BYTES_MAX;
 use crate::wire::{limits, Digest, NetworkId, PeerRequest, PeerResponse};
@@ -45,6 +46,57 @@ pub(super) fn protocol_version(network: &NetworkId) -> String {
     format!("/pbft-ci/{}/1", network.short())
 }
 
+/// Gossipsub's settings for `network`.
+fn gossip_config(network: &NetworkId) -> Result<gossipsub::Config, String> {
+    // Content-addressed ids: one signed envelope is one gossip message,
+    // whoever publishes it. (So re-publishing the same bytes is swallowed
+    // by the duplicate cache: retransmission goes point to point.)
+    let message_id = |m: &gossipsub::Message| {
+        gossipsub::MessageId::from(Digest::of_parts(b"pbft-ci/gossip-id", &[&m.data]).0[..20].to_vec())
+    };
+    let mut config = gossipsub::ConfigBuilder::default();
+    // No mesh on the replicas' topics: every replica keeps a connection
+    // to every other (and gateways to the replicas), so flood publishing
+    // reaches each subscriber directly, and a mesh only forwarded copies
+    // everyone had already: each replica received every message three
+    // times and verified each copy's signature (before gossipsub's
+    // duplicate check). A message a peer misses (a link down) is the
+    // protocol's to recover: PBFT's retransmission, fetches and state
+    // transfer run point to point.
+    for channel in [Channel::Consensus, Channel::Requests] {
+        let topic = IdentTopic::new(channel.topic(network)).hash();
+        config
+            .mesh_n_for_topic(0, topic.clone())
+            .mesh_n_low_for_topic(0, topic.clone())
+            .mesh_n_high_for_topic(0, topic.clone())
+            .mesh_outbound_min_for_topic(0, topic);
+    }
+    config
+        .validation_mode(ValidationMode::Strict)
+        .validate_messages()
+        .message_id_fn(message_id)
+        .max_transmit_size(GOSSIP_TRANSMIT_BYTES_MAX)
+        // The replies topic (gateways relay replies for one a replica
+        // cannot reach): a mesh sized for a handful to a few dozen peers.
+        .mesh_n_low(2)
+        .mesh_n(3)
+        .mesh_n_high(6)
+        .mesh_outbound_min(1)
+        // No IHAVE gossip. Without a mesh, every subscriber of a topic is
+        // a gossip target, and under load one IHAVE named thousands of
+        // ids: past gossipsub's 16 KiB control limit, the receiver drops
+        // the whole stream, with the messages queued behind it.
+        .gossip_lazy(0)
+        .gossip_factor(0.0)
+        .heartbeat_interval(Duration::from_millis(700))
+        .flood_publish(true)
+        // Copies arrive within moments of the first; a minute of ids
+        // (the default) is memory kept per message for nothing.
+        .duplicate_cache_time(Duration::from_secs(15))
+        .build()
+        .map_err(|e| format!("gossipsub config: {e}"))
+}
+
 impl Behaviour {
     pub fn new(
         key: &Keypair,
@@ -55,30 +107,7 @@ impl Behaviour {
         let peer_id = key.public().to_peer_id();
         let net = network.short();
 
-        // Content-addressed ids: one signed envelope is one gossip message,
-        // whoever publishes it. (So re-publishing the same bytes is swallowed
-        // by the duplicate cache: retransmission goes point to point.)
-        let message_id = |m: &gossipsub::Message| {
-            gossipsub::MessageId::from(Digest::of_parts(b"pbft-ci/gossip-id", &[&m.data]).0[..20].to_vec())
-        };
-        let config = gossipsub::ConfigBuilder::default()
-            .validation_mode(ValidationMode::Strict)
-            .validate_messages()
-            .message_id_fn(message_id)
-            .max_transmit_size(GOSSIP_TRANSMIT_BYTES_MAX)
-            // Sized for networks of a handful to a few dozen peers.
-            .mesh_n_low(2)
-            .mesh_n(3)
-            .mesh_n_high(6)
-            .mesh_outbound_min(1)
-            .gossip_lazy(3)
-            .heartbeat_interval(Duration::from_millis(700))
-            .flood_publish(true)
-            // Copies arrive within moments of the first; a minute of ids
-            // (the default) is memory kept per message for nothing.
-            .duplicate_cache_time(Duration::from_secs(15))
-            .build()
-            .map_err(|e| format!("gossipsub config: {e}"))?;
+        let config = gossip_config(network)?;
         // No peer scoring: the one penalty we want (for a peer that forwards
         // what our validation rejects) is `Net`'s blacklist; gossipsub's
         // scoring would keep a delivery record of every message for 120 s
@@ -127,5 +156,25 @@ impl Behaviour {
             mdns: mdns.into(),
             peers,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replicas_topics_flood_without_a_mesh_and_nothing_gossips_ihave() {
+        let network = NetworkId(Digest([7; 32]));
+        let config = gossip_config(&network).unwrap();
+        for channel in [Channel::Consensus, Channel::Requests] {
+            let topic = IdentTopic::new(channel.topic(&network)).hash();
+            assert_eq!(config.mesh_n_for_topic(&topic), 0, "{channel:?}");
+            assert_eq!(config.mesh_n_high_for_topic(&topic), 0, "{channel:?}");
+        }
+        let replies = IdentTopic::new(Channel::Replies.topic(&network)).hash();
+        assert!(config.mesh_n_for_topic(&replies) > 0, "gateways relay replies through their mesh");
+        assert!(config.flood_publish());
+        assert_eq!((config.gossip_lazy(), config.gossip_factor()), (0, 0.0));
     }
 }
