@@ -4,7 +4,9 @@
 //! (one worker thread per core; `SOAK_THREADS=1` for one)
 //! (by default every fault class, n = 4 and n = 7). A violation prints its
 //! seed, class and n; re-run exactly that case with `-- 1 SEED CLASS N`
-//! (with `SIM_DEBUG=1` to print where each replica stopped).
+//! (with `SIM_DEBUG=1` to print where each replica stopped). `SOAK_LIST=1`
+//! also prints each run as `RUN SEED CLASS N JOBS EVENTS`: two soaks of one
+//! binary, sorted, must not differ (each run depends on its seed alone).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -61,6 +63,9 @@ fn main() {
                         t.runs += 1;
                         t.events += report.events;
                         t.jobs += report.jobs as u64;
+                        if std::env::var("SOAK_LIST").is_ok() {
+                            println!("RUN {seed} {} {n} {} {}", name(&scenario), report.jobs, report.events);
+                        }
                         if !report.ok() {
                             t.violations += report.violations.len() as u64;
                             let mut msg = format!("VIOLATION seed={seed} class={} n={n}:\n", name(&scenario));

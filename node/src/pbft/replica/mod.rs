@@ -872,9 +872,13 @@ impl Replica {
         // the gateway's retransmissions would find it held and change nothing.
         // One the state ordered (a state transfer) is dropped like an executed
         // one. (A restore sorts these out once its replay is done.)
-        let orphans: Vec<Digest> = self.assigned.iter().filter(|(_, s)| **s <= seq).map(|(d, _)| *d).collect();
+        // In slot order: `assigned` is a HashMap, and its order (random per
+        // process) would make the queue's, so a seed's simulated run.
+        let mut orphans: Vec<(u64, Digest)> =
+            self.assigned.iter().filter(|(_, s)| **s <= seq).map(|(d, s)| (*s, *d)).collect();
+        orphans.sort_unstable();
         self.assigned.retain(|_, s| *s > seq);
-        for d in orphans {
+        for (_, d) in orphans {
             let Some(req) = self.requests.get(&d).filter(|_| !self.restoring && !self.queued.contains(&d)) else {
                 continue;
             };
