@@ -55,29 +55,29 @@ fn gossip_config(network: &NetworkId) -> Result<gossipsub::Config, String> {
         gossipsub::MessageId::from(Digest::of_parts(b"pbft-ci/gossip-id", &[&m.data]).0[..20].to_vec())
     };
     let mut config = gossipsub::ConfigBuilder::default();
-    // No mesh on the replicas' topics: every replica keeps a connection
-    // to every other (and gateways to the replicas), so flood publishing
-    // reaches each subscriber directly, and a mesh only forwarded copies
-    // everyone had already: each replica received every message three
-    // times and verified each copy's signature (before gossipsub's
-    // duplicate check). A message a peer misses (a link down) is the
-    // protocol's to recover: PBFT's retransmission, fetches and state
-    // transfer run point to point.
-    for channel in [Channel::Consensus, Channel::Requests] {
-        let topic = IdentTopic::new(channel.topic(network)).hash();
-        config
-            .mesh_n_for_topic(0, topic.clone())
-            .mesh_n_low_for_topic(0, topic.clone())
-            .mesh_n_high_for_topic(0, topic.clone())
-            .mesh_outbound_min_for_topic(0, topic);
-    }
+    // No mesh on the consensus topic: every replica keeps a connection to
+    // every other, so flood publishing reaches each one directly, and a mesh
+    // only forwarded copies everyone had already: each replica received
+    // every message three times and verified each copy's signature (before
+    // gossipsub's duplicate check). A message a replica misses (a link
+    // down) is the protocol's to recover: PBFT's retransmission, fetches
+    // and state transfer run point to point.
+    let consensus = IdentTopic::new(Channel::Consensus.topic(network)).hash();
+    config
+        .mesh_n_for_topic(0, consensus.clone())
+        .mesh_n_low_for_topic(0, consensus.clone())
+        .mesh_n_high_for_topic(0, consensus.clone())
+        .mesh_outbound_min_for_topic(0, consensus);
     config
         .validation_mode(ValidationMode::Strict)
         .validate_messages()
         .message_id_fn(message_id)
         .max_transmit_size(GOSSIP_TRANSMIT_BYTES_MAX)
-        // The replies topic (gateways relay replies for one a replica
-        // cannot reach): a mesh sized for a handful to a few dozen peers.
+        // The requests and replies topics keep a mesh, sized for a handful
+        // to a few dozen peers: replicas relay a request to the primary when
+        // its gateway cannot reach it (else a view change would), gateways
+        // relay replies for one a replica cannot reach. A gateway publishes
+        // its requests in bundles, so their copies cost little.
         .mesh_n_low(2)
         .mesh_n(3)
         .mesh_n_high(6)
@@ -85,7 +85,8 @@ fn gossip_config(network: &NetworkId) -> Result<gossipsub::Config, String> {
         // No IHAVE gossip. Without a mesh, every subscriber of a topic is
         // a gossip target, and under load one IHAVE named thousands of
         // ids: past gossipsub's 16 KiB control limit, the receiver drops
-        // the whole stream, with the messages queued behind it.
+        // the whole stream, with the messages queued behind it. (With one,
+        // the peers beyond the mesh, from n = 7 on, would get them.)
         .gossip_lazy(0)
         .gossip_factor(0.0)
         .heartbeat_interval(Duration::from_millis(700))
@@ -164,16 +165,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_replicas_topics_flood_without_a_mesh_and_nothing_gossips_ihave() {
+    fn consensus_floods_without_a_mesh_requests_and_replies_are_relayed_and_nothing_gossips_ihave() {
         let network = NetworkId(Digest([7; 32]));
         let config = gossip_config(&network).unwrap();
-        for channel in [Channel::Consensus, Channel::Requests] {
+        let consensus = IdentTopic::new(Channel::Consensus.topic(&network)).hash();
+        assert_eq!(config.mesh_n_for_topic(&consensus), 0);
+        assert_eq!(config.mesh_n_high_for_topic(&consensus), 0);
+        for channel in [Channel::Requests, Channel::Replies] {
             let topic = IdentTopic::new(channel.topic(&network)).hash();
-            assert_eq!(config.mesh_n_for_topic(&topic), 0, "{channel:?}");
-            assert_eq!(config.mesh_n_high_for_topic(&topic), 0, "{channel:?}");
+            assert!(config.mesh_n_for_topic(&topic) > 0, "{channel:?}: relayed through the mesh");
         }
-        let replies = IdentTopic::new(Channel::Replies.topic(&network)).hash();
-        assert!(config.mesh_n_for_topic(&replies) > 0, "gateways relay replies through their mesh");
         assert!(config.flood_publish());
         assert_eq!((config.gossip_lazy(), config.gossip_factor()), (0, 0.0));
     }
