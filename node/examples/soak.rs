@@ -49,6 +49,7 @@ fn main() {
         .ok()
         .map(|t| t.parse().expect("SOAK_THREADS is a number"))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |p| p.get()));
+    let list = std::env::var("SOAK_LIST").is_ok();
     let next = AtomicUsize::new(0);
     let start = Instant::now();
     let totals = std::thread::scope(|s| {
@@ -63,7 +64,7 @@ fn main() {
                         t.runs += 1;
                         t.events += report.events;
                         t.jobs += report.jobs as u64;
-                        if std::env::var("SOAK_LIST").is_ok() {
+                        if list {
                             println!("RUN {seed} {} {n} {} {}", name(&scenario), report.jobs, report.events);
                         }
                         if !report.ok() {
