@@ -310,6 +310,7 @@ fn reply_kind(body: &ReplyBody) -> &'static str {
     match body {
         ReplyBody::Accepted { .. } => "accepted",
         ReplyBody::Duplicate { .. } => "duplicate",
+        ReplyBody::Prepared { .. } => "prepared",
         ReplyBody::Rejected { .. } => "rejected",
         ReplyBody::Result { .. } => "result",
         ReplyBody::Abstain { .. } => "abstain",

@@ -304,6 +304,25 @@ fn a_weakened_view_change_rule_is_caught_by_the_survival_checker() {
 }
 
 #[test]
+fn a_weakened_tentative_execution_is_caught_by_the_told_checker() {
+    // Answering `Prepared` at the pre-prepare: 2f + 1 such answers may come
+    // from a Twin and f + 1 correct replicas that hold no prepared
+    // certificate yet; a view change then fills the slot otherwise and the
+    // request runs as another job than its gateway was told. (Crashes alone
+    // rarely show it: the correct replicas that answered go on to prepare.)
+    let caught = (0..100)
+        .map(|seed| {
+            let mut cfg = SimConfig::new(4, seed, FaultClass::Mixed);
+            cfg.byzantine = Some(Byzantine::Twins);
+            cfg.unsafe_tentative_at_pre_prepare = true;
+            run(cfg)
+        })
+        .filter(|r| r.violations.iter().any(|v| v.what.contains("the gateway was told job")))
+        .count();
+    assert!(caught > 0, "answering before the slot prepared must break what a gateway was told in some seed");
+}
+
+#[test]
 fn twins_are_two_cores_of_one_key() {
     // The Twins scenario runs more nodes than keys, and the checkers treat
     // the twinned keys (f of them) as faulty.

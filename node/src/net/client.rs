@@ -200,6 +200,8 @@ struct Outstanding {
     wait: Duration,
     /// Replicas that answered accepted or duplicate, by the job they named.
     ordered: BTreeMap<JobId, BTreeSet<usize>>,
+    /// Replicas that answered prepared (tentatively ordered), by job.
+    prepared: BTreeMap<JobId, BTreeSet<usize>>,
     answered: BTreeSet<usize>,
     rejected: Vec<(Rejection, usize)>,
 }
@@ -289,6 +291,7 @@ impl Task {
                 sent_at: Instant::now(),
                 wait: self.retry,
                 ordered: BTreeMap::new(),
+                prepared: BTreeMap::new(),
                 answered: BTreeSet::new(),
                 rejected: Vec::new(),
             },
@@ -333,17 +336,21 @@ impl Task {
         if reply.msg.gateway != self.me {
             return Vec::new();
         }
-        let weak = self.membership.quorum().weak();
+        let quorum = self.membership.quorum();
+        let weak = quorum.weak();
         let mut events = Vec::new();
         let digest = reply.msg.request;
         if let Some(out) = self.outstanding.get_mut(&digest) {
             if out.number == reply.msg.number {
                 match &reply.msg.body {
-                    ReplyBody::Accepted { job } | ReplyBody::Duplicate { job } => {
+                    ReplyBody::Accepted { job } | ReplyBody::Duplicate { job } | ReplyBody::Prepared { job } => {
                         out.answered.insert(replica);
-                        let agree = out.ordered.entry(*job).or_default();
-                        agree.insert(replica);
-                        if agree.len() >= weak {
+                        let tentative = matches!(reply.msg.body, ReplyBody::Prepared { .. });
+                        let votes = if tentative { &mut out.prepared } else { &mut out.ordered };
+                        votes.entry(*job).or_default().insert(replica);
+                        let none = BTreeSet::new();
+                        let executed = out.ordered.get(job).unwrap_or(&none);
+                        if quorum.ordered(executed, out.prepared.get(job).unwrap_or(&none)) {
                             events.push(ClientEvent::Ordered { number: out.number, request: digest, job: *job });
                         }
                     }

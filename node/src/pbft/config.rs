@@ -59,6 +59,10 @@ pub struct Config {
     /// becomes a null request). Exists so the simulator can prove it catches
     /// a weakened view-change rule; `false` everywhere else.
     pub unsafe_forget_prepared_in_new_view: bool,
+    /// **Test-only**: answer `Prepared` once the pre-prepare is in, before
+    /// the slot prepared. Exists so the simulator can prove it catches a
+    /// weakened tentative execution; `false` everywhere else.
+    pub unsafe_tentative_at_pre_prepare: bool,
 }
 
 impl Config {
@@ -80,6 +84,7 @@ impl Config {
             view_change_doublings_max: 5,
             unsafe_quorum_override: None,
             unsafe_forget_prepared_in_new_view: false,
+            unsafe_tentative_at_pre_prepare: false,
         }
     }
 

@@ -6,6 +6,8 @@
 //! - `f + 1` (a *weak quorum*) contain at least one correct replica: enough to
 //!   trust a claim (a result, a reply, a higher view).
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +36,15 @@ impl Quorum {
     /// A set this large holds at least one correct replica: f + 1.
     pub fn weak(&self) -> usize {
         self.f + 1
+    }
+
+    /// Whether a gateway's answers fix where a request is in the order:
+    /// f + 1 replicas that executed it there (one of them correct), or
+    /// 2f + 1 that executed or prepared it there (tentative execution:
+    /// f + 1 correct replicas hold the prepared certificate, which every
+    /// later view keeps).
+    pub fn ordered(&self, executed: &BTreeSet<usize>, prepared: &BTreeSet<usize>) -> bool {
+        executed.len() >= self.weak() || executed.union(prepared).count() >= self.quorum()
     }
 
     /// The primary of `view`.
@@ -67,6 +78,19 @@ mod tests {
             // A quorum is reachable with f replicas silent.
             assert!(n - q.f >= q.quorum(), "n = {n}");
         }
+    }
+
+    #[test]
+    fn a_place_in_the_order_needs_f_plus_1_executed_or_2f_plus_1_executed_or_prepared() {
+        let q = Quorum::new(4);
+        let set = |v: &[usize]| v.iter().copied().collect::<BTreeSet<usize>>();
+        assert!(q.ordered(&set(&[0, 1]), &set(&[])));
+        assert!(!q.ordered(&set(&[0]), &set(&[])));
+        assert!(!q.ordered(&set(&[]), &set(&[0, 1])), "f + 1 tentative answers fix nothing");
+        assert!(q.ordered(&set(&[]), &set(&[0, 1, 2])));
+        assert!(q.ordered(&set(&[2]), &set(&[0, 1])));
+        // A replica that answered both ways counts once.
+        assert!(!q.ordered(&set(&[0]), &set(&[0, 1])));
     }
 
     #[test]

@@ -97,6 +97,35 @@ impl ReplicatedState {
         ReplyBody::Accepted { job }
     }
 
+    /// What executing `batch` at `seq` would answer for each of its
+    /// requests (request, digest), changing nothing: the answers of
+    /// tentative execution. Applies the batch to a scratch state holding
+    /// only what it reads (its gateways' windows, its delivery ids), or to
+    /// a full copy when executing it would forget old delivery ids, which
+    /// the batch might name again.
+    pub fn preview(&self, seq: u64, batch: &[(&Request, Digest)]) -> Vec<ReplyBody> {
+        let mut scratch = if self.deliveries.len() + batch.len() > DELIVERIES_MAX {
+            self.clone()
+        } else {
+            let mut s = ReplicatedState::default();
+            for (req, _) in batch {
+                if let Some(w) = self.clients.get(&req.gateway) {
+                    s.clients.entry(req.gateway).or_insert_with(|| w.clone());
+                }
+                if let Some((d, job)) = req.delivery.as_ref().and_then(|d| self.deliveries.get_key_value(d)) {
+                    s.deliveries.insert(d.clone(), *job);
+                    s.deliveries_by_job.insert(*job, d.clone());
+                }
+            }
+            s
+        };
+        batch
+            .iter()
+            .enumerate()
+            .map(|(i, (req, digest))| scratch.apply(JobId { seq, index: i as u32 }, req, digest))
+            .collect()
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         wire::encode(self)
     }
@@ -183,6 +212,61 @@ mod tests {
         let state_before = s.digest();
         assert!(matches!(s.apply(JobId { seq: 2, index: 0 }, &old, &old.digest()), ReplyBody::Rejected { .. }));
         assert_eq!(s.digest(), state_before, "a rejected request changes nothing");
+    }
+
+    /// Tentative execution's answers are the ones executing gives, whatever
+    /// the batch repeats of itself or of the state (numbers, delivery ids,
+    /// a window that slides within the batch, delivery ids forgotten).
+    #[test]
+    fn a_preview_answers_what_applying_answers_and_changes_nothing() {
+        let gateways = [PeerId::random(), PeerId::random()];
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut s = ReplicatedState::default();
+        for seq in 1..=300u64 {
+            let batch: Vec<Request> = (0..1 + next(6))
+                .map(|_| {
+                    let gw = gateways[next(2) as usize];
+                    // Mostly nearby numbers, now and then one far enough to slide the window.
+                    let number = if next(10) == 0 { seq * 40 + next(3 * CLIENT_WINDOW) } else { seq * 4 + next(8) };
+                    let delivery = (next(3) == 0).then(|| format!("d-{}", next(60)));
+                    let mut r = req(gw, number, delivery.as_deref());
+                    if next(8) == 0 {
+                        r.op = Operation::Run { repo: "r".into(), git_ref: "other".into(), commit: None };
+                    }
+                    r
+                })
+                .collect();
+            let pairs: Vec<(&Request, Digest)> = batch.iter().map(|r| (r, r.digest())).collect();
+            let before = s.clone();
+            let preview = s.preview(seq, &pairs);
+            assert_eq!(s, before, "a preview changes nothing");
+            let applied: Vec<ReplyBody> =
+                pairs.iter().enumerate().map(|(i, (r, d))| s.apply(JobId { seq, index: i as u32 }, r, d)).collect();
+            assert_eq!(preview, applied, "seq {seq}");
+        }
+
+        // With the delivery ids full, executing forgets the oldest: a batch
+        // that names one it forgets on the way sees it as new.
+        let mut s = ReplicatedState::default();
+        for i in 0..DELIVERIES_MAX as u32 {
+            let d = format!("x-{i}");
+            s.deliveries.insert(d.clone(), JobId { seq: 1, index: i });
+            s.deliveries_by_job.insert(JobId { seq: 1, index: i }, d);
+        }
+        let fresh = req(gateways[0], 1, Some("new"));
+        let oldest = req(gateways[0], 2, Some("x-0"));
+        let pairs = [(&fresh, fresh.digest()), (&oldest, oldest.digest())];
+        let preview = s.preview(2, &pairs);
+        let applied: Vec<ReplyBody> =
+            pairs.iter().enumerate().map(|(i, (r, d))| s.apply(JobId { seq: 2, index: i as u32 }, r, d)).collect();
+        assert_eq!(applied[1], ReplyBody::Accepted { job: JobId { seq: 2, index: 1 } });
+        assert_eq!(preview, applied);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub struct Checker {
     /// Per replica: the last seq executed into its durable log.
     last: BTreeMap<usize, u64>,
     by_request: HashMap<(PeerId, u64), JobId>,
+    by_job: HashMap<JobId, (PeerId, u64)>,
     by_delivery: HashMap<String, JobId>,
     checkpoints: HashMap<u64, (Digest, usize)>,
     /// 2f + 1: the size of a commit certificate.
@@ -89,6 +90,7 @@ impl Checker {
     /// At most once: a request (by gateway and number) or a delivery id
     /// becomes at most one job.
     pub fn job(&mut self, at_ms: u64, job: JobId, gateway: PeerId, number: u64, delivery: Option<&str>) {
+        self.by_job.insert(job, (gateway, number));
         if let Some(prev) = self.by_request.insert((gateway, number), job) {
             if prev != job {
                 self.fail(at_ms, format!("request {gateway}/{number} executed twice: jobs {prev} and {job}"));
@@ -103,12 +105,24 @@ impl Checker {
         }
     }
 
-    /// What a gateway was told by f + 1 replicas (request `number` is job
-    /// `job`) is what correct replicas ran.
-    pub fn told(&mut self, at_ms: u64, gateway: PeerId, number: u64, job: JobId) {
+    /// What a gateway was told (request `number` is job `job`, by f + 1
+    /// replicas that executed it or 2f + 1 that prepared it) is what correct
+    /// replicas ran: neither another job for the request nor, unless the
+    /// request redelivers one, another request in that job.
+    pub fn told(&mut self, at_ms: u64, gateway: PeerId, number: u64, delivery: Option<&str>, job: JobId) {
         if let Some(&ran) = self.by_request.get(&(gateway, number)) {
             if ran != job {
-                self.fail(at_ms, format!("request {gateway}/{number}: f + 1 replicas said job {job}, job {ran} ran"));
+                self.fail(at_ms, format!("request {gateway}/{number}: the gateway was told job {job}, job {ran} ran"));
+            }
+        }
+        if let Some(&(g, n)) = self.by_job.get(&job) {
+            // A redelivery is told the job its delivery id ran as.
+            let redelivered = delivery.is_some_and(|d| self.by_delivery.get(d) == Some(&job));
+            if (g, n) != (gateway, number) && !redelivered {
+                self.fail(
+                    at_ms,
+                    format!("request {gateway}/{number}: the gateway was told job {job}, which ran {g}/{n}"),
+                );
             }
         }
     }
@@ -249,12 +263,19 @@ mod tests {
         let gateway = PeerId::random();
         let (ran, other) = (JobId { seq: 3, index: 0 }, JobId { seq: 4, index: 0 });
         let mut c = Checker::default();
-        c.job(10, ran, gateway, 7, None);
-        c.told(20, gateway, 7, ran);
-        c.told(20, gateway, 8, other);
-        assert!(c.violations.is_empty(), "the job that ran, or one not run: fine");
-        c.told(30, gateway, 7, other);
+        c.job(10, ran, gateway, 7, Some("d-1"));
+        c.told(20, gateway, 7, None, ran);
+        c.told(20, gateway, 8, None, other);
+        // Request 9 redelivers request 7's delivery: a duplicate of its job.
+        c.told(20, gateway, 9, Some("d-1"), ran);
+        assert!(c.violations.is_empty(), "the job that ran, one not run, or a redelivery's: fine");
+        c.told(30, gateway, 7, None, other);
         assert_eq!(c.violations.len(), 1);
-        assert!(c.violations[0].what.contains("said job"), "{}", c.violations[0].what);
+        assert!(c.violations[0].what.contains("job 4-0, job 3-0 ran"), "{}", c.violations[0].what);
+        // Told a job that ran another request (a tentative answer that a
+        // view change undid would show as this).
+        c.told(40, gateway, 8, None, ran);
+        assert_eq!(c.violations.len(), 2);
+        assert!(c.violations[1].what.contains("which ran"), "{}", c.violations[1].what);
     }
 }

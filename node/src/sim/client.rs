@@ -7,14 +7,18 @@ use std::sync::Arc;
 use libp2p_identity::PeerId;
 
 use super::keys::SimKey;
+use crate::pbft::Quorum;
 use crate::wire::{Digest, JobId, Operation, Reply, ReplyBody, Request, Signed, Signer as _};
 
 pub struct Outstanding {
     pub digest: Digest,
     pub bytes: Arc<[u8]>,
     pub sent_at: u64,
+    pub delivery: Option<String>,
     /// Replicas that answered Accepted/Duplicate, by the job they named.
     pub answers: BTreeMap<JobId, BTreeSet<usize>>,
+    /// Replicas that answered Prepared (tentatively), by job.
+    pub prepared: BTreeMap<JobId, BTreeSet<usize>>,
 }
 
 pub struct Client {
@@ -22,8 +26,9 @@ pub struct Client {
     pub peer: PeerId,
     pub next_number: u64,
     pub outstanding: BTreeMap<u64, Outstanding>,
-    /// Request number → the job f + 1 replicas named.
-    pub done: BTreeMap<u64, JobId>,
+    /// Request number → the job the replicas' answers fixed, and the
+    /// request's delivery id.
+    pub done: BTreeMap<u64, (JobId, Option<String>)>,
 }
 
 impl Client {
@@ -38,7 +43,7 @@ impl Client {
         let req = Request {
             gateway: self.peer,
             number,
-            delivery,
+            delivery: delivery.clone(),
             op: Operation::Run {
                 repo: "file:///repo".into(),
                 git_ref: "master".into(),
@@ -47,14 +52,23 @@ impl Client {
         };
         let digest = req.digest();
         let bytes = Signed::seal(req, &sim.network, &self.key).shared_bytes();
-        self.outstanding
-            .insert(number, Outstanding { digest, bytes: bytes.clone(), sent_at: now, answers: BTreeMap::new() });
+        self.outstanding.insert(
+            number,
+            Outstanding {
+                digest,
+                bytes: bytes.clone(),
+                sent_at: now,
+                delivery,
+                answers: BTreeMap::new(),
+                prepared: BTreeMap::new(),
+            },
+        );
         bytes
     }
 
     /// Takes one reply; returns a complaint if a replica said something no
     /// correct replica would.
-    pub fn on_reply(&mut self, weak: usize, replica: usize, reply: &Reply) -> Option<String> {
+    pub fn on_reply(&mut self, quorum: Quorum, replica: usize, reply: &Reply) -> Option<String> {
         if reply.gateway != self.peer {
             return Some(format!("replica {replica} sent a reply meant for another gateway"));
         }
@@ -63,11 +77,15 @@ impl Client {
             return Some(format!("replica {replica} answered request {} with another digest", reply.number));
         }
         match &reply.body {
-            ReplyBody::Accepted { job } | ReplyBody::Duplicate { job } => {
-                out.answers.entry(*job).or_default().insert(replica);
-                if out.answers[job].len() >= weak {
-                    self.done.insert(reply.number, *job);
-                    self.outstanding.remove(&reply.number);
+            ReplyBody::Accepted { job } | ReplyBody::Duplicate { job } | ReplyBody::Prepared { job } => {
+                let votes =
+                    if matches!(reply.body, ReplyBody::Prepared { .. }) { &mut out.prepared } else { &mut out.answers };
+                votes.entry(*job).or_default().insert(replica);
+                let none = BTreeSet::new();
+                let executed = out.answers.get(job).unwrap_or(&none);
+                if quorum.ordered(executed, out.prepared.get(job).unwrap_or(&none)) {
+                    let out = self.outstanding.remove(&reply.number).expect("outstanding");
+                    self.done.insert(reply.number, (*job, out.delivery));
                 }
                 None
             }

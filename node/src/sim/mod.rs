@@ -171,6 +171,7 @@ pub struct SimConfig {
     /// Test-only knobs passed to every replica's config.
     pub unsafe_quorum_override: Option<(usize, usize)>,
     pub unsafe_forget_prepared_in_new_view: bool,
+    pub unsafe_tentative_at_pre_prepare: bool,
     /// Requests are submitted before this time.
     pub submit_until_ms: Millis,
     /// Faults stop here; the network is then reliable and timely.
@@ -198,6 +199,7 @@ impl SimConfig {
             byzantine: None,
             unsafe_quorum_override: None,
             unsafe_forget_prepared_in_new_view: false,
+            unsafe_tentative_at_pre_prepare: false,
             submit_until_ms: 1_500,
             heal_at_ms: 2_500,
             end_ms: 9_000,
@@ -225,6 +227,7 @@ impl SimConfig {
         c.help_only_lagging = self.help_only_lagging;
         c.unsafe_quorum_override = self.unsafe_quorum_override;
         c.unsafe_forget_prepared_in_new_view = self.unsafe_forget_prepared_in_new_view;
+        c.unsafe_tentative_at_pre_prepare = self.unsafe_tentative_at_pre_prepare;
         c
     }
 }
@@ -931,9 +934,10 @@ impl Sim {
             self.events_run += 1;
             self.handle(e);
         }
-        let told: Vec<_> = self.gateways.iter().flat_map(|g| g.done.iter().map(|(&n, &j)| (g.peer, n, j))).collect();
-        for (gateway, number, job) in told {
-            self.checker.told(self.now, gateway, number, job);
+        let told: Vec<_> =
+            self.gateways.iter().flat_map(|g| g.done.iter().map(|(&n, (j, d))| (g.peer, n, *j, d.clone()))).collect();
+        for (gateway, number, job, delivery) in told {
+            self.checker.told(self.now, gateway, number, delivery.as_deref(), job);
         }
         self.check_liveness();
         Report {
@@ -989,11 +993,11 @@ impl Sim {
             }
             Event::ToGateway { to, bytes } => {
                 self.trace(5, to as u64, 0, &bytes);
-                let weak = self.shared.membership.quorum().weak();
+                let quorum = self.shared.membership.quorum();
                 let Opened::Reply(r) = self.open(&bytes) else { return };
                 let (signer, reply) = (r.signer, r.msg.clone());
                 let Some(replica) = self.shared.membership.replica_index(&signer) else { return };
-                if let Some(complaint) = self.gateways[to].on_reply(weak, replica, &reply) {
+                if let Some(complaint) = self.gateways[to].on_reply(quorum, replica, &reply) {
                     if !self.is_byzantine(replica) {
                         self.checker.other(self.now, complaint);
                     }
@@ -1089,7 +1093,10 @@ impl Sim {
 
     fn check_liveness(&mut self) {
         let now = self.now;
-        if self.cfg.unsafe_quorum_override.is_some() || self.cfg.unsafe_forget_prepared_in_new_view {
+        if self.cfg.unsafe_quorum_override.is_some()
+            || self.cfg.unsafe_forget_prepared_in_new_view
+            || self.cfg.unsafe_tentative_at_pre_prepare
+        {
             // A broken protocol owes no progress; only its safety is checked.
             return;
         }

@@ -199,6 +199,15 @@ pub enum ReplyBody {
     Duplicate {
         job: JobId,
     },
+    /// Tentatively ordered as `job`: its slot prepared at this replica, in
+    /// its current view, with every slot before it executed, so executing it
+    /// would answer `Accepted { job }`. Sent before the slot commits; 2f + 1
+    /// of them mean ordered (f + 1 correct replicas hold the prepared
+    /// certificate, which every later view keeps), where `Accepted` needs
+    /// f + 1.
+    Prepared {
+        job: JobId,
+    },
     Rejected {
         reason: Rejection,
     },

@@ -41,6 +41,8 @@ pub(super) struct Slot {
     sent_prepare: bool,
     sent_commit: bool,
     committed: bool,
+    /// Its `Prepared` answers went out (tentative execution).
+    answered_tentatively: bool,
 }
 
 /// Why restoring from persisted records failed.
@@ -635,6 +637,9 @@ impl Replica {
         let slot = &self.slots[&seq];
         let prepared = slot.prepares.values().filter(|p| p.msg.batch == batch).count() >= prepares_needed;
         if !prepared {
+            if self.cfg.unsafe_tentative_at_pre_prepare {
+                self.execute_tentatively(seq);
+            }
             return;
         }
         let sent_commit = slot.sent_commit;
@@ -655,6 +660,48 @@ impl Replica {
         if !slot.committed && slot.commits.values().filter(|c| c.msg.batch == batch).count() >= commits_needed {
             slot.committed = true;
             self.try_execute();
+        }
+        self.execute_tentatively(seq);
+    }
+
+    /// Tentative execution (Castro and Liskov): a slot prepared here, in
+    /// the current view, with every slot before it executed, answers
+    /// `Prepared` at once, a round before it commits. 2f + 1 matching
+    /// answers hold f + 1 correct replicas with the prepared certificate,
+    /// which every later view keeps at this seq (each view change quorum
+    /// meets one of them), after a prefix that committed already: the job
+    /// is what executing will make it. Only our COMMIT marks the slot
+    /// prepared: it went out (or comes from our store) after the
+    /// certificate was persisted, so a restart keeps what this promised.
+    /// The state is not touched; executing answers again, for good.
+    fn execute_tentatively(&mut self, seq: u64) {
+        if self.restoring || seq != self.executed + 1 {
+            return;
+        }
+        let Some(slot) = self.slots.get(&seq) else { return };
+        let prepared = slot.sent_commit || self.cfg.unsafe_tentative_at_pre_prepare;
+        if slot.committed || slot.answered_tentatively || !prepared || !self.in_view(slot.view) {
+            return;
+        }
+        let Some(pp) = &slot.pre_prepare else { return };
+        let Some(requests) =
+            pp.msg.requests.iter().map(|d| self.requests.get(d).map(|r| (&r.msg, *d))).collect::<Option<Vec<_>>>()
+        else {
+            return;
+        };
+        let answers: Vec<(Request, Digest, JobId)> = self
+            .state
+            .preview(seq, &requests)
+            .into_iter()
+            .zip(&requests)
+            .filter_map(|(body, (req, d))| match body {
+                ReplyBody::Accepted { job } => Some(((*req).clone(), *d, job)),
+                _ => None,
+            })
+            .collect();
+        self.slots.get_mut(&seq).expect("slot exists").answered_tentatively = true;
+        for (req, digest, job) in answers {
+            self.reply(&req, digest, ReplyBody::Prepared { job });
         }
     }
 
@@ -695,6 +742,7 @@ impl Replica {
                 }
             }
         }
+        self.execute_tentatively(self.executed + 1);
     }
 
     /// Batches this primary proposed that have not executed yet.
@@ -1314,6 +1362,74 @@ mod tests {
         assert!(!backup.requests.contains_key(&ordered_digest), "and its body is not kept");
     }
 
+    /// The bodies of the replies in `ready`.
+    fn replies(net: &Net, ready: &Ready) -> Vec<ReplyBody> {
+        ready
+            .replies
+            .iter()
+            .map(|r| Signed::<Reply>::open(&r.bytes, &net.network(), &net.members).unwrap().msg.body)
+            .collect()
+    }
+
+    #[test]
+    fn a_slot_prepared_after_an_executed_prefix_answers_prepared_before_it_commits() {
+        let net = Net::new();
+        let mut backup = replica(&net, 1);
+        let (r1, r2) = (request(&net, 1), request(&net, 2));
+        let pp = |seq, r: &Signed<Request>| PrePrepare { view: 0, seq, requests: vec![r.msg.digest()] };
+        let (b1, b2) = (pp(1, &r1).batch_digest(), pp(2, &r2).batch_digest());
+        let job = |seq| JobId { seq, index: 0 };
+        let mut answers = Vec::new();
+        let mut feed = |backup: &mut Replica, input| {
+            backup.step(10, input);
+            let ready = backup.take_ready();
+            answers.push(replies(&net, &ready));
+        };
+        for input in [
+            Input::Request(r1.clone()),
+            Input::Request(r2.clone()),
+            signed_by(&net, 0, pp(1, &r1)),
+            signed_by(&net, 0, pp(2, &r2)),
+            // Slot 2 prepares first: slot 1 is not executed, no answer.
+            signed_by(&net, 2, Prepare { view: 0, seq: 2, batch: b2 }),
+            // Slot 1 prepares: our COMMIT and its tentative answer.
+            signed_by(&net, 2, Prepare { view: 0, seq: 1, batch: b1 }),
+            signed_by(&net, 0, Commit { view: 0, seq: 1, batch: b1 }),
+            // Slot 1 commits and executes: its answer for good, and slot 2's
+            // tentative one, now that everything before it executed.
+            signed_by(&net, 2, Commit { view: 0, seq: 1, batch: b1 }),
+        ] {
+            feed(&mut backup, input);
+        }
+        let tail: Vec<Vec<ReplyBody>> = answers.split_off(4);
+        assert!(answers.iter().all(Vec::is_empty), "{answers:?}");
+        assert_eq!(
+            tail,
+            vec![
+                vec![],
+                vec![ReplyBody::Prepared { job: job(1) }],
+                vec![],
+                vec![ReplyBody::Accepted { job: job(1) }, ReplyBody::Prepared { job: job(2) }],
+            ]
+        );
+        // Slot 2 commits: the final answer, and no second tentative one.
+        for i in [0, 2] {
+            backup.step(10, signed_by(&net, i, Commit { view: 0, seq: 2, batch: b2 }));
+        }
+        assert_eq!(replies(&net, &backup.take_ready()), vec![ReplyBody::Accepted { job: job(2) }]);
+
+        // A replica that asked for a view change answers nothing tentatively.
+        let mut leaving = replica(&net, 1);
+        for input in [Input::Request(r1.clone()), signed_by(&net, 0, pp(1, &r1))] {
+            leaving.step(10, input);
+        }
+        let _ = leaving.take_ready();
+        leaving.step(10_000, Input::Tick);
+        assert!(leaving.in_view_change());
+        leaving.step(10_000, signed_by(&net, 2, Prepare { view: 0, seq: 1, batch: b1 }));
+        assert!(replies(&net, &leaving.take_ready()).is_empty());
+    }
+
     #[test]
     fn a_retransmitted_request_ordered_already_is_answered_while_a_slot_names_it_again() {
         let net = Net::new();
@@ -1335,13 +1451,8 @@ mod tests {
         assert_eq!(backup.assigned.get(&digest), Some(&2), "a slot names it again");
         // The gateway lost our first answer and sends the request again.
         backup.step(20, Input::Request(req));
-        let replies: Vec<ReplyBody> = backup
-            .take_ready()
-            .replies
-            .iter()
-            .map(|r| Signed::<Reply>::open(&r.bytes, &net.network(), &net.members).unwrap().msg.body)
-            .collect();
-        assert_eq!(replies, vec![ReplyBody::Duplicate { job: JobId { seq: 1, index: 0 } }]);
+        let answers = replies(&net, &backup.take_ready());
+        assert_eq!(answers, vec![ReplyBody::Duplicate { job: JobId { seq: 1, index: 0 } }]);
     }
 
     #[test]

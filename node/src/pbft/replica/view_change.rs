@@ -289,6 +289,7 @@ impl Replica {
             sent_prepare: true,
             sent_commit: true,
             committed: true,
+            answered_tentatively: true,
         };
         self.slots.insert(seq, slot);
         self.vc.learned.remove(&seq);
