@@ -123,9 +123,11 @@ pub async fn run(cfg: NodeConfig, mut shutdown: Shutdown) -> Result<(), DriverEr
     }
     // Not needed for safety (nothing sent depends on them), but a clean
     // stop keeps what it heard.
+    // What light Readies left to persist (messages we sent among them), and
+    // the mark that spares the next start abstaining in this view.
     let deferred = std::mem::take(&mut driver.deferred);
-    if let Err(e) = driver.store.commit_ready(&deferred, &[]) {
-        warn!("keeping the last messages received: {e}");
+    if let Err(e) = driver.store.close_cleanly(&deferred) {
+        warn!("keeping the last messages: {e}");
     }
     // Jobs stopped now are not cancelled by consensus: their outcomes are
     // never signed, and they run again at the next start.
@@ -182,8 +184,12 @@ impl Driver {
         let store = Arc::new(Store::open(&cfg.data_dir)?);
         let records = store.records()?;
         let restored = records.len();
+        let clean = store.take_clean_stop()?;
         let core_cfg = Config::new(cfg.membership.network_id(), cfg.membership.replica_ids());
-        let replica = Replica::restore(core_cfg, key.clone(), cfg.membership.clone(), 0, records)?;
+        let replica = Replica::restore(core_cfg, key.clone(), cfg.membership.clone(), 0, records, !clean)?;
+        if !clean {
+            info!(view = replica.view(), "restarted after a crash: no proposal or PREPARE of ours in this view");
+        }
         info!(
             peer_id = %me,
             index = replica.index(),
@@ -321,9 +327,10 @@ impl Driver {
         // One durable transaction (group commit) for everything this Ready
         // asks to persist and the batches it commits to the job log, before
         // any protocol message of it is sent and before its jobs start; with
-        // it, what quiet Readies before it deferred (`Ready::is_quiet`).
+        // it, what light Readies before it deferred (`Ready::is_light`: their
+        // PRE-PREPAREs and PREPAREs went out at once).
         let persist = std::mem::take(&mut ready.persist);
-        let new_batches = if ready.is_quiet() && self.deferred.len() + persist.len() <= DEFERRED_MAX {
+        let new_batches = if ready.is_light() && self.deferred.len() + persist.len() <= DEFERRED_MAX {
             self.deferred.extend(persist);
             Vec::new()
         } else {

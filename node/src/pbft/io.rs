@@ -172,13 +172,22 @@ pub enum Note {
 }
 
 /// Everything one step produced. Handle in field order: `persist` first.
-/// One exception: when `messages` and `skipped` are empty, `replies` may go
-/// before `persist` and `execute` are durable. A reply states what executing
+/// Two exceptions. When `messages` and `skipped` are empty, `replies` may go
+/// before `persist` and `execute` are durable: a reply states what executing
 /// fixed, which the durable COMMITs of 2f + 1 replicas fix already; this
 /// replica's own COMMIT, if any, went out (persisted) in an earlier Ready.
+/// And a light Ready ([`Ready::is_light`]) sends its messages at once and
+/// may leave its records for the next Ready that is not.
 #[derive(Debug, Default)]
 pub struct Ready {
     pub persist: Vec<Record>,
+    /// Its messages must wait until `persist` is durable: it signed a
+    /// COMMIT, CHECKPOINT, VIEW-CHANGE or NEW-VIEW, or moved to another
+    /// view. PRE-PREPAREs and PREPAREs alone need not wait: after a crash a
+    /// replica sends neither in the view it restarted in
+    /// ([`crate::pbft::Replica::restore`]), so one it sent
+    /// and lost cannot be contradicted.
+    pub durable: bool,
     pub messages: Vec<Outbound>,
     pub replies: Vec<ReplyOut>,
     /// Before `execute`: a state transfer jumps over these slots first.
@@ -198,7 +207,17 @@ impl Ready {
     /// be lost in a crash like a message in transit (PBFT survives both), and
     /// an fsync for each message received would sit on every slot's path.
     pub fn is_quiet(&self) -> bool {
-        self.messages.is_empty() && self.replies.is_empty() && self.execute.is_empty() && self.skipped.is_empty()
+        self.messages.is_empty() && self.is_light()
+    }
+
+    /// Its messages may go out now and its records wait, like a quiet
+    /// Ready's, for the next Ready that is not light: it sends no reply,
+    /// executes nothing, and signed nothing that must be durable first
+    /// (`durable`). The records of a PRE-PREPARE or PREPARE this replica
+    /// sent are then durable before its COMMIT of that slot goes out, which
+    /// is what a prepared certificate promised to later views rests on.
+    pub fn is_light(&self) -> bool {
+        !self.durable && self.replies.is_empty() && self.execute.is_empty() && self.skipped.is_empty()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -180,9 +180,10 @@ pub struct SimConfig {
     /// Probability a request reuses an earlier delivery id (a redelivered
     /// webhook, possibly through another gateway).
     pub redeliver: f64,
-    /// Replicas persist the records of quiet Readies only with the next
-    /// Ready that sends or executes something, as the driver does; a crash
-    /// loses them ([`crate::pbft::Ready::is_quiet`]). Off: every Ready's records at once.
+    /// Replicas persist the records of light Readies (nothing sent but
+    /// PRE-PREPAREs, PREPAREs and point-to-point traffic) only with the next
+    /// Ready that is not light, as the driver does; a crash loses them
+    /// ([`crate::pbft::Ready::is_light`]). Off: every Ready's records at once.
     pub defer_quiet_records: bool,
     /// [`Config::help_only_lagging`].
     pub help_only_lagging: bool,
@@ -677,7 +678,7 @@ impl Sim {
             }
         }
         let node = &mut self.nodes[i];
-        if self.cfg.defer_quiet_records && ready.is_quiet() {
+        if self.cfg.defer_quiet_records && ready.is_light() {
             node.deferred.extend(ready.persist);
         } else {
             node.store.append(&mut node.deferred);
@@ -1068,6 +1069,8 @@ impl Sim {
                     self.shared.verifier.clone(),
                     self.now,
                     node.store.clone(),
+                    // Every stop here is a crash.
+                    true,
                 );
                 match restored {
                     Ok(r) => {

@@ -158,6 +158,8 @@ impl Store {
             meta.insert(KEY_SCHEMA, &encode_u64(SCHEMA_VERSION)[..]).at(&self.path)?;
             meta.insert(KEY_NEXT_ORDER, &encode_u64(0)[..]).at(&self.path)?;
             meta.insert(KEY_STABLE_SEQ, &encode_u64(0)[..]).at(&self.path)?;
+            // A new store: nothing was sent that it could lack.
+            meta.insert(KEY_STOPPED_CLEANLY, &[1u8][..]).at(&self.path)?;
         }
         tx.commit().at(&self.path)?;
         Ok(true)
@@ -222,6 +224,28 @@ impl Store {
         }
         tx.commit().at(&self.path)?;
         Ok(new)
+    }
+
+    /// The last write of a clean stop: `records` (what was left to
+    /// persist) and a mark that every message this replica sent is in the
+    /// store, in one durable transaction.
+    pub fn close_cleanly(&self, records: &[Record]) -> Result<(), StoreError> {
+        let tx = self.begin_write()?;
+        if !records.is_empty() {
+            self.persist_in(&tx, records)?;
+        }
+        tx.open_table(META).at(&self.path)?.insert(KEY_STOPPED_CLEANLY, &[1u8][..]).at(&self.path)?;
+        tx.commit().at(&self.path)
+    }
+
+    /// Whether the last run ended with [`Store::close_cleanly`] rather than
+    /// a crash. The mark is removed, durably, before this returns: a crash
+    /// of the run starting now must not pass for a clean stop.
+    pub fn take_clean_stop(&self) -> Result<bool, StoreError> {
+        let tx = self.begin_write()?;
+        let clean = tx.open_table(META).at(&self.path)?.remove(KEY_STOPPED_CLEANLY).at(&self.path)?.is_some();
+        tx.commit().at(&self.path)?;
+        Ok(clean)
     }
 
     fn persist_in(&self, tx: &WriteTransaction, records: &[Record]) -> Result<(), StoreError> {

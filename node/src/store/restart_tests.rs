@@ -211,7 +211,8 @@ fn a_replica_restored_from_the_store_resumes_and_signs_nothing_new() {
     let store = Store::open(dir.path()).unwrap();
     let cfg = c.config();
     let mut restored =
-        Replica::restore(cfg, c.keys[STORED].clone(), c.membership.clone(), c.now, store.records().unwrap()).unwrap();
+        Replica::restore(cfg, c.keys[STORED].clone(), c.membership.clone(), c.now, store.records().unwrap(), true)
+            .unwrap();
     assert_eq!(restored.last_executed(), executed);
     assert_eq!(restored.state().digest(), state);
     assert_eq!(restored.low_watermark(), low);

@@ -30,6 +30,9 @@ pub const KEY_NEXT_ORDER: &str = "next_order";
 pub const KEY_STABLE_SEQ: &str = "stable_seq";
 /// A [`StableRow`]: the latest stable checkpoint's state and proof.
 pub const KEY_STABLE: &str = "stable";
+/// Present while every message the replica sent is in the store: written
+/// by a clean stop (and with a new store), removed at start.
+pub const KEY_STOPPED_CLEANLY: &str = "stopped_cleanly";
 
 /// Requests accepted for ordering: request digest → (persist order, signed
 /// request). Keyed by digest so executed ones are deleted without a scan.

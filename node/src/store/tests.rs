@@ -445,3 +445,24 @@ fn a_group_commit_persists_records_and_records_batches_in_one_transaction() {
     assert!(store.put_replies(&bad).is_err());
     assert!(store.replies(reqs[2].msg.digest()).unwrap().is_empty());
 }
+
+#[test]
+fn only_a_new_store_or_a_clean_stop_reads_as_stopped_cleanly_and_once() {
+    let net = Net::new();
+    let dir = temp();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.take_clean_stop().unwrap(), "a new store has sent nothing");
+    drop(store);
+    // A run that ends without `close_cleanly` (a crash).
+    let store = Store::open(dir.path()).unwrap();
+    assert!(!store.take_clean_stop().unwrap());
+    let prepare = seal(&net, 1, Prepare { view: 0, seq: 1, batch: digest(1) });
+    store.close_cleanly(&[Record::Message(prepare.clone())]).unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(flats(&store.records().unwrap()), flats(&[Record::Message(prepare)]), "the last records are kept");
+    assert!(store.take_clean_stop().unwrap());
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert!(!store.take_clean_stop().unwrap(), "the mark is taken once");
+}

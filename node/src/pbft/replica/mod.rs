@@ -25,8 +25,8 @@ use super::io::*;
 use super::quorum::Quorum;
 use super::state::ReplicatedState;
 use crate::wire::{
-    Checkpoint, Commit, Digest, JobId, OpenError, PrePrepare, Prepare, Rejection, Reply, ReplyBody, Request, Signed,
-    Signer, Status, Verifier, WireMessage,
+    Checkpoint, Commit, Digest, JobId, Kind, OpenError, PrePrepare, Prepare, Rejection, Reply, ReplyBody, Request,
+    Signed, Signer, Status, Verifier, WireMessage,
 };
 
 /// One sequence number's messages in the current view.
@@ -110,6 +110,12 @@ pub struct Replica {
     vc: ViewChangeState,
 
     restoring: bool,
+    /// The view this replica restarted in after a crash: it proposes and
+    /// prepares nothing there (see `restore`).
+    abstain_view: Option<u64>,
+    /// (view, in view change) as of the last `take_ready`: a change makes
+    /// that Ready durable.
+    reported_view: (u64, bool),
     ready: Ready,
     /// Replies of the steps since the last `take_ready`, signed together there.
     unsigned_replies: Vec<Reply>,
@@ -155,6 +161,8 @@ impl Replica {
             asked_at: HashMap::new(),
             vc: ViewChangeState::default(),
             restoring: false,
+            abstain_view: None,
+            reported_view: (0, false),
             ready: Ready::default(),
             unsigned_replies: Vec::new(),
         }
@@ -165,12 +173,24 @@ impl Replica {
     /// messages are the same signed bytes as before (signing is
     /// deterministic), and no new batch is proposed while replaying, so the
     /// restarted replica never contradicts what it sent.
+    ///
+    /// After a crash (`crashed`; not after a clean stop, which made every
+    /// record durable) it sends no PRE-PREPARE and no PREPARE in the view it
+    /// is in. Those go out before they are durable (`Ready::durable`), so
+    /// the store may lack some it sent in this view, and proposing or
+    /// preparing again could contradict them. Its COMMITs were durable
+    /// first, and it still commits what 2f others prepared; from the next
+    /// view on it takes full part. (A replica restored in the middle of a
+    /// view change never entered the view it asks for: entering one is
+    /// durable first.) A primary restarted after a crash thus leaves its
+    /// view to the next.
     pub fn restore(
         cfg: Config,
         signer: Arc<dyn Signer>,
         verifier: Arc<dyn Verifier>,
         now: Millis,
         records: impl IntoIterator<Item = Record>,
+        crashed: bool,
     ) -> Result<Replica, RestoreError> {
         let mut r = Replica::new(cfg, signer, verifier);
         r.now = now;
@@ -223,6 +243,9 @@ impl Replica {
             }
         }
         r.restoring = false;
+        if crashed && !r.vc.in_view_change {
+            r.abstain_view = Some(r.view);
+        }
         r.executed_marks = [r.executed; 2];
         // Votes held back during the replay go out now, if still due.
         let seqs: Vec<u64> = r.slots.keys().copied().collect();
@@ -232,6 +255,7 @@ impl Replica {
         r.maybe_join_view_change();
         r.maybe_send_new_view();
         r.tick();
+        r.reported_view = (r.view, r.vc.in_view_change);
         Ok(r)
     }
 
@@ -257,6 +281,13 @@ impl Replica {
     /// which to handle it.
     pub fn take_ready(&mut self) -> Ready {
         let mut ready = std::mem::take(&mut self.ready);
+        let view = (self.view, self.vc.in_view_change);
+        if view != self.reported_view {
+            // Entering a view must be durable before we vote in it, or a
+            // restart would not know to abstain there.
+            self.reported_view = view;
+            ready.durable = true;
+        }
         let replies = std::mem::take(&mut self.unsigned_replies);
         for signed in Signed::seal_batch(replies, &self.cfg.network, self.signer.as_ref()) {
             ready.replies.push(ReplyOut {
@@ -377,6 +408,9 @@ impl Replica {
     fn broadcast<T: WireMessage>(&mut self, msg: T) -> Signed<T> {
         let signed = Signed::seal(msg, &self.cfg.network, self.signer.as_ref());
         self.persist(signed.shared_bytes());
+        if !matches!(T::KIND, Kind::PrePrepare | Kind::Prepare) {
+            self.ready.durable = true;
+        }
         self.ready.messages.push(Outbound::Signed { to: Target::All, bytes: signed.shared_bytes() });
         signed
     }
@@ -628,7 +662,7 @@ impl Replica {
         // (every persisted request is replayed first, also those that came
         // after our VIEW-CHANGE); voting resumes once the replay is done.
         let voting = self.in_view(view) && !self.restoring;
-        if voting && self.me != primary && !slot.sent_prepare {
+        if voting && self.me != primary && !slot.sent_prepare && self.abstain_view != Some(view) {
             let p = self.broadcast(Prepare { view, seq, batch });
             let slot = self.slots.get_mut(&seq).expect("slot exists");
             slot.prepares.insert(self.me, p);
@@ -753,7 +787,7 @@ impl Replica {
     /// The primary proposes batches: at once when nothing is in flight, else
     /// when a batch is full or its oldest request waited `batch_delay_ms`.
     fn try_propose(&mut self) {
-        if !self.is_primary() || self.restoring || self.vc.in_view_change {
+        if !self.is_primary() || self.restoring || self.vc.in_view_change || self.abstain_view == Some(self.view) {
             return;
         }
         loop {
@@ -1428,6 +1462,74 @@ mod tests {
         assert!(leaving.in_view_change());
         leaving.step(10_000, signed_by(&net, 2, Prepare { view: 0, seq: 1, batch: b1 }));
         assert!(replies(&net, &leaving.take_ready()).is_empty());
+    }
+
+    /// Whether `ready` sends a message of `kind`.
+    fn sends(net: &Net, ready: &Ready, kind: Kind) -> bool {
+        ready.messages.iter().any(|out| match out {
+            Outbound::Signed { bytes, .. } => Envelope::open(bytes, &net.network(), &net.members).unwrap().kind == kind,
+            _ => false,
+        })
+    }
+
+    #[test]
+    fn after_a_crash_a_replica_neither_proposes_nor_prepares_in_its_view_but_still_commits() {
+        let net = Net::new();
+        let req = request(&net, 1);
+        let pp = PrePrepare { view: 0, seq: 1, requests: vec![req.msg.digest()] };
+        let batch = pp.batch_digest();
+
+        // A PREPARE goes out before it is durable; a COMMIT does not.
+        let mut backup = replica(&net, 1);
+        backup.step(10, Input::Request(req.clone()));
+        let _ = backup.take_ready();
+        backup.step(10, signed_by(&net, 0, pp.clone()));
+        let ready = backup.take_ready();
+        assert!(sends(&net, &ready, Kind::Prepare) && ready.is_light(), "{ready:?}");
+        backup.step(10, signed_by(&net, 2, Prepare { view: 0, seq: 1, batch }));
+        let ready = backup.take_ready();
+        assert!(sends(&net, &ready, Kind::Commit) && !ready.is_light());
+
+        // It crashed with only the request durable: the PREPARE it sent is lost.
+        let cfg = Config::new(net.network(), net.members.replica_ids());
+        let mut restarted = Replica::restore(
+            cfg.clone(),
+            Arc::new(net.replicas[1].clone()),
+            Arc::new(net.members.clone()),
+            20,
+            vec![Record::Request(req.shared_bytes())],
+            true,
+        )
+        .unwrap();
+        let _ = restarted.take_ready();
+        restarted.step(30, signed_by(&net, 0, pp.clone()));
+        assert!(!sends(&net, &restarted.take_ready(), Kind::Prepare), "no second PREPARE in view 0");
+        // 2f others prepared: it commits, and the slot executes.
+        for i in [2, 3] {
+            restarted.step(30, signed_by(&net, i, Prepare { view: 0, seq: 1, batch }));
+        }
+        assert!(sends(&net, &restarted.take_ready(), Kind::Commit));
+        for i in [0, 2] {
+            restarted.step(30, signed_by(&net, i, Commit { view: 0, seq: 1, batch }));
+        }
+        assert_eq!(restarted.last_executed(), 1);
+
+        // A primary restarted after a crash proposes nothing in its view.
+        let mut primary = Replica::restore(
+            cfg,
+            Arc::new(net.replicas[0].clone()),
+            Arc::new(net.members.clone()),
+            20,
+            Vec::new(),
+            true,
+        )
+        .unwrap();
+        primary.step(30, Input::Request(request(&net, 2)));
+        assert!(!sends(&net, &primary.take_ready(), Kind::PrePrepare));
+        // Without the crash it would have.
+        let mut fresh = replica(&net, 0);
+        fresh.step(30, Input::Request(request(&net, 2)));
+        assert!(sends(&net, &fresh.take_ready(), Kind::PrePrepare));
     }
 
     #[test]
