@@ -199,6 +199,7 @@ pub fn sealed(fx: &Fixture) -> Vec<(Kind, Vec<u8>)> {
     let bodies = [
         ReplyBody::Accepted { job },
         ReplyBody::Duplicate { job },
+        ReplyBody::Prepared { job },
         ReplyBody::Rejected { reason: pbft_node::wire::Rejection::Stale },
         ReplyBody::Result { job, result: passed() },
         ReplyBody::Result { job, result: failed() },
