@@ -121,10 +121,9 @@ pub async fn run(cfg: NodeConfig, mut shutdown: Shutdown) -> Result<(), DriverEr
             }
         }
     }
-    // Not needed for safety (nothing sent depends on them), but a clean
-    // stop keeps what it heard.
-    // What light Readies left to persist (messages we sent among them), and
-    // the mark that spares the next start abstaining in this view.
+    // What light Readies left to persist (PRE-PREPAREs and PREPAREs we sent
+    // among them), and the mark that spares the next start abstaining in
+    // this view.
     let deferred = std::mem::take(&mut driver.deferred);
     if let Err(e) = driver.store.close_cleanly(&deferred) {
         warn!("keeping the last messages: {e}");
